@@ -1,0 +1,67 @@
+"""Balancer interface and registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from polyrec.errors import PolyrecError, unknown_name
+
+
+class BalancerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Balancer:
+    """Combines task losses into one backward pass. `weights` is what gets logged and plotted."""
+
+    Params: ClassVar[type[BalancerParams]] = BalancerParams
+
+    def __init__(self, task_names: Sequence[str], params: BalancerParams) -> None:
+        self.task_names = list(task_names)
+        self.params = params
+        self.weights = torch.ones(len(task_names))
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable parameters of the balancer itself (optimised with the model)."""
+        return []
+
+    def backward(self, losses: torch.Tensor, extra: torch.Tensor | None,
+                 shared: Sequence[nn.Parameter]) -> torch.Tensor:
+        """Run backward for losses [T] (+ an extra scalar regulariser); return the combined loss."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weights = state["weights"]
+
+
+BALANCERS: dict[str, type[Balancer]] = {}
+
+
+def register_balancer(name: str) -> Callable[[type[Balancer]], type[Balancer]]:
+    def deco(cls: type[Balancer]) -> type[Balancer]:
+        BALANCERS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any]) -> Balancer:
+    if name not in BALANCERS:
+        raise unknown_name("balancer", name, BALANCERS)
+    cls = BALANCERS[name]
+    try:
+        p = cls.Params(**params)
+    except ValidationError as exc:
+        from polyrec.data.schema import format_validation_error
+
+        raise PolyrecError(f"Invalid balance_params for {name!r}: "
+                           f"{format_validation_error(exc, cls.Params.model_fields)}") from None
+    return cls(task_names, p)

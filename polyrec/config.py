@@ -1,0 +1,121 @@
+"""Run configuration: YAML file + `--set key=value` overrides, validated with unknown-key errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from polyrec.data.schema import format_validation_error, model_keys
+from polyrec.errors import PolyrecError, close_matches
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    dataset: str = "movielens-100k"
+    schema_file: str | None = None  # YAML schema replacing the recipe's default
+    split: Literal["random", "temporal", "official"] | None = None  # None: the recipe's default
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int | None = None  # None: the run's seed (same seed = same split)
+    options: dict[str, Any] = Field(default_factory=dict)  # recipe-specific options
+
+
+class ModelConfig(BaseModel):
+    """`name`, `embed_dim`, and any model-specific keys (validated by the model's own Params)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "mmoe"
+    embed_dim: int = 16
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    optimizer: Literal["adam", "adamw", "sgd", "adagrad", "rmsprop"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_weight_decay: float = 0.0  # decay on embedding tables only when asked
+    momentum: float = 0.0  # sgd / rmsprop
+    batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(16384, ge=1)
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(2, ge=0)  # epochs without improvement before stopping; 0 = never stop early
+    monitor: str = "overall/mean_auc"  # validation metric key (see metrics.report.flatten)
+    monitor_mode: Literal["max", "min"] | None = None  # None: min for loss/logloss/mse/mae/rmse, else max
+    seed: int = 42
+    threads: int | None = None
+    device: str = "cpu"
+    balance: str = "sum"
+    balance_params: dict[str, Any] = Field(default_factory=dict)
+    log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_KNOWN = model_keys(RunConfig, DataConfig, ModelConfig, TrainConfig)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply 'train.lr=0.01' (value parsed as YAML) to a nested dict, naming unknown sections."""
+    if "=" not in assignment:
+        raise PolyrecError(f"--set expects key=value, got {assignment!r}")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2:
+        raise PolyrecError(
+            f"--set key {key!r} must name a section and a key, e.g. train.lr=0.01 or model.n_experts=8"
+        )
+    if parts[0] not in RunConfig.model_fields:
+        raise PolyrecError(
+            f"Unknown config section {parts[0]!r} in --set {key}.{close_matches(parts[0], RunConfig.model_fields)}"
+            f" Sections: {', '.join(RunConfig.model_fields)}."
+        )
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise PolyrecError(f"--set {key}: {p!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise PolyrecError(f"Config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise PolyrecError(f"Config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise PolyrecError(f"Config file {path} must hold a mapping with sections data/model/train.")
+        raw = _merge(raw, loaded)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise PolyrecError(f"Invalid config: {format_validation_error(exc, _KNOWN)}") from None
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

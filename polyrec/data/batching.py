@@ -1,0 +1,72 @@
+"""Whole-split tensors and batches as index slices: no per-row Dataset or collate on the hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from polyrec.data.encoders import EncodedSplit
+
+
+@dataclass
+class Batch:
+    """Model inputs for a batch. Labels travel separately so a model can never read them."""
+
+    categorical: torch.Tensor  # int32 [B, F_cat]
+    numeric: torch.Tensor  # float32 [B, F_num]
+    sequences: dict[str, torch.Tensor]  # name -> int32 [B, L]
+    scenario: torch.Tensor  # int64 [B]
+
+    def __len__(self) -> int:
+        return self.scenario.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.categorical.to(device), self.numeric.to(device),
+                     {k: v.to(device) for k, v in self.sequences.items()}, self.scenario.to(device))
+
+
+def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, copy=True)).to(dtype)
+
+
+class TensorTable:
+    """One split held as whole-column tensors (optionally on an accelerator)."""
+
+    def __init__(self, data: EncodedSplit, device: torch.device | str = "cpu") -> None:
+        self.categorical = _tensor(data.categorical, torch.int32).to(device)
+        self.numeric = _tensor(data.numeric, torch.float32).to(device)
+        self.sequences = {k: _tensor(v, torch.int32).to(device) for k, v in data.sequences.items()}
+        self.scenario = _tensor(data.scenario, torch.int64).to(device)
+        self.labels = _tensor(data.labels, torch.float32).to(device)
+        self.user = data.user
+        self.n = len(data)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, idx: torch.Tensor | slice) -> tuple[Batch, torch.Tensor]:
+        """A batch by index tensor (a gather) or by slice (a view, zero copy)."""
+        if isinstance(idx, slice):
+            pick = lambda t: t[idx]  # noqa: E731
+        else:
+            pick = lambda t: t.index_select(0, idx)  # noqa: E731
+        batch = Batch(pick(self.categorical), pick(self.numeric),
+                      {k: pick(v) for k, v in self.sequences.items()}, pick(self.scenario))
+        return batch, pick(self.labels)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Batch, torch.Tensor]]:
+        if shuffle:
+            perm = torch.randperm(self.n, generator=generator).to(self.scenario.device)
+            for start in range(0, self.n, batch_size):
+                yield self.take(perm[start:start + batch_size])
+        else:
+            for start in range(0, self.n, batch_size):
+                yield self.take(slice(start, start + batch_size))
+
+    def num_batches(self, batch_size: int) -> int:
+        return (self.n + batch_size - 1) // batch_size

@@ -1,0 +1,202 @@
+"""Declarative data schema: which column plays which role.
+
+The same schema drives encoder fitting, the cache key, the model's input spec and request
+validation at prediction time. It is written in YAML (or built in Python) as::
+
+    features:
+      - {name: user_id, type: categorical, min_freq: 2}
+      - {name: age, type: numeric, fill: mean, scale: standard}
+      - {name: genres, type: sequence, sep: "|", max_len: 6}
+    scenario: {name: age_bucket}          # optional; its ids select scenario parameters
+    tasks:
+      - {name: click, type: binary}       # label column = name unless `column:` is given
+      - {name: rating, type: regression}
+    user: user_id                          # optional; enables gAUC
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from polyrec.errors import PolyrecError, close_matches
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CategoricalFeature(_Strict):
+    """An id-like column; values become vocabulary ids (0 = padding, 1 = out-of-vocabulary)."""
+
+    name: str
+    type: Literal["categorical"] = "categorical"
+    column: str | None = None
+    min_freq: int = Field(1, ge=1)
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class NumericFeature(_Strict):
+    """A real-valued column; NaN filled with a training statistic, then scaled."""
+
+    name: str
+    type: Literal["numeric"] = "numeric"
+    column: str | None = None
+    fill: Literal["mean", "median", "zero"] = "mean"
+    scale: Literal["standard", "minmax", "log_standard", "none"] = "standard"
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class SequenceFeature(_Strict):
+    """A variable-length list of ids (a string with separators, or a list column), padded to max_len."""
+
+    name: str
+    type: Literal["sequence"] = "sequence"
+    column: str | None = None
+    sep: str = "|"
+    max_len: int = Field(20, ge=1)
+    keep: Literal["first", "last"] = "first"
+    min_freq: int = Field(1, ge=1)
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+Feature = Annotated[
+    Union[CategoricalFeature, NumericFeature, SequenceFeature], Field(discriminator="type")
+]
+
+
+class ScenarioSpec(_Strict):
+    """The one categorical column whose ids select scenario-specific parameters."""
+
+    name: str
+    column: str | None = None
+    as_feature: bool = True  # also embed it as an ordinary categorical input
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class TaskSpec(_Strict):
+    """One prediction target. `space` restricts loss and metrics to rows where that task's label is 1."""
+
+    name: str
+    type: Literal["binary", "regression"] = "binary"
+    column: str | None = None
+    space: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+class Schema(_Strict):
+    """Roles of a table's columns. Order of `features` and `tasks` is the model's input/output order."""
+
+    features: list[Feature]
+    tasks: list[TaskSpec] = Field(min_length=1)
+    scenario: ScenarioSpec | None = None
+    user: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Schema":
+        names = [f.name for f in self.features] + [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"names used twice: {dupes}")
+        task_names = {t.name for t in self.tasks}
+        for t in self.tasks:
+            if t.space is not None and t.space not in task_names:
+                raise ValueError(f"task {t.name!r} has space {t.space!r}, which is not a task")
+        label_sources = {t.source for t in self.tasks}
+        leaked = sorted(f.source for f in self.features if f.source in label_sources)
+        if leaked:
+            raise ValueError(f"label columns used as features (would leak the target): {leaked}")
+        return self
+
+    # --- convenience views -------------------------------------------------------------
+    @property
+    def categorical(self) -> list[CategoricalFeature]:
+        return [f for f in self.features if isinstance(f, CategoricalFeature)]
+
+    @property
+    def numeric(self) -> list[NumericFeature]:
+        return [f for f in self.features if isinstance(f, NumericFeature)]
+
+    @property
+    def sequences(self) -> list[SequenceFeature]:
+        return [f for f in self.features if isinstance(f, SequenceFeature)]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def input_columns(self) -> list[str]:
+        """Raw columns a prediction request must carry (labels excluded)."""
+        cols = [f.source for f in self.features]
+        if self.scenario is not None:
+            cols.append(self.scenario.source)
+        if self.user is not None:
+            cols.append(self.user)
+        return list(dict.fromkeys(cols))
+
+    def label_columns(self) -> list[str]:
+        return [t.source for t in self.tasks]
+
+    # --- (de)serialisation -------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "schema") -> "Schema":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PolyrecError(f"Invalid {origin}: {format_validation_error(exc, _SCHEMA_KEYS)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Schema":
+        path = Path(path)
+        if not path.exists():
+            raise PolyrecError(f"Schema file not found: {path}")
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise PolyrecError(f"Schema file {path} must hold a mapping, got {type(data).__name__}")
+        return cls.from_dict(data, origin=f"schema {path}")
+
+
+def format_validation_error(exc: ValidationError, known: Iterable[str] = ()) -> str:
+    """One readable line per problem, with close matches (from `known`) for unknown keys."""
+    known = list(known)
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}.{close_matches(str(err['loc'][-1]), known)}")
+        else:
+            lines.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(lines)
+
+
+def model_keys(*models: type[BaseModel]) -> set[str]:
+    """All field names of some pydantic models (candidates for 'did you mean')."""
+    return {name for m in models for name in m.model_fields}
+
+
+_SCHEMA_KEYS = model_keys(
+    Schema, CategoricalFeature, NumericFeature, SequenceFeature, ScenarioSpec, TaskSpec
+)

@@ -1,0 +1,108 @@
+"""Model base class, output heads and the by-name registry.
+
+A model maps a Batch to logits [B, H], one column per output head. By default there is one head
+per task; a model may add heads (ESMM's CVR on the clicked space) or mark some as not trained.
+The trainer, metrics and predictor only ever look at heads, never at model classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from polyrec.data.batching import Batch
+from polyrec.errors import PolyrecError, unknown_name
+from polyrec.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Head:
+    """One model output. `task` names the label column; `space` restricts rows to label(space) == 1."""
+
+    name: str
+    task: str
+    kind: str  # "binary" (output is a logit) | "regression" (output is the value)
+    space: str | None = None
+    train: bool = True
+
+
+class ModelParams(BaseModel):
+    """Base for each model's hyper-parameters; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+    dropout: float = 0.0
+    activation: str = "relu"
+    batch_norm: bool = False  # in experts/towers only; never in gates
+
+
+class MultiTaskModel(nn.Module):
+    """Base class. Subclasses set `Params`, build layers in __init__ and implement forward."""
+
+    Params: ClassVar[type[ModelParams]] = ModelParams
+
+    def __init__(self, spec: ModelSpec, embed_dim: int, params: ModelParams) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embed_dim = embed_dim
+        self.params = params
+        self.heads: list[Head] = [Head(t.name, t.name, t.type, t.space) for t in spec.tasks]
+        self._aux_loss: torch.Tensor | None = None
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.spec.tasks)
+
+    def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """Extra regulariser computed during the last forward (e.g. orthogonality), added to the loss."""
+        return self._aux_loss
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task's loss reaches; gradient-based balancers work on these."""
+        return [p for n, p in self.named_parameters() if not n.startswith(("towers", "task_"))]
+
+
+MODELS: dict[str, type[MultiTaskModel]] = {}
+
+
+def register(name: str) -> Callable[[type[MultiTaskModel]], type[MultiTaskModel]]:
+    def deco(cls: type[MultiTaskModel]) -> type[MultiTaskModel]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        MODELS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def model_params(name: str, raw: dict[str, Any]) -> ModelParams:
+    cls = get_model_class(name)
+    try:
+        return cls.Params(**raw)
+    except ValidationError as exc:
+        from polyrec.data.schema import format_validation_error
+
+        raise PolyrecError(
+            f"Invalid parameters for model {name!r}: {format_validation_error(exc, cls.Params.model_fields)}"
+        ) from None
+
+
+def get_model_class(name: str) -> type[MultiTaskModel]:
+    import polyrec.models  # noqa: F401  (registers the built-in models)
+
+    if name not in MODELS:
+        raise unknown_name("model", name, MODELS)
+    return MODELS[name]
+
+
+def build_model(name: str, spec: ModelSpec, embed_dim: int, params: dict[str, Any]) -> MultiTaskModel:
+    cls = get_model_class(name)
+    return cls(spec, embed_dim, model_params(name, params))

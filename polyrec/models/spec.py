@@ -1,0 +1,42 @@
+"""What a model needs to know about the data: sizes, fields, scenarios and tasks (saved with every run)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    type: str  # "binary" | "regression"
+    space: str | None = None  # train and score only where this task's label is 1
+
+
+@dataclass
+class ModelSpec:
+    vocab_sizes: list[int]
+    categorical_fields: list[str]
+    numeric_fields: list[str]
+    sequence_vocab: dict[str, int]
+    scenario_names: list[str]  # index = scenario id; id 0 is the unknown-scenario slot
+    tasks: list[TaskInfo]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_scenarios(self) -> int:
+        """Number of scenario slots (the unknown slot included), i.e. rows of per-scenario parameters."""
+        return len(self.scenario_names)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        d = dict(d)
+        d["tasks"] = [TaskInfo(**t) for t in d["tasks"]]
+        return cls(**d)

@@ -1,0 +1,45 @@
+"""Per-head losses on logits: BCE-with-logits for binary heads, MSE for regression heads.
+
+Each head's loss is the mean over the rows of its sample space in the batch; a head with no such
+row contributes 0 (not NaN) and no gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from polyrec.models.base import Head
+
+
+class HeadLosses:
+    def __init__(self, heads: Sequence[Head], task_names: Sequence[str]) -> None:
+        trained = [i for i, h in enumerate(heads) if h.train]
+        self.names = [heads[i].name for i in trained]
+        self.head_idx = torch.tensor(trained, dtype=torch.long)
+        self.label_idx = torch.tensor([task_names.index(heads[i].task) for i in trained], dtype=torch.long)
+        space = [task_names.index(heads[i].space) if heads[i].space else -1 for i in trained]
+        self.space_idx = torch.tensor(space, dtype=torch.long)
+        self.has_space = any(s >= 0 for s in space)
+        self.binary = torch.tensor([heads[i].kind == "binary" for i in trained])
+        self.all_binary = bool(self.binary.all())
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """logits [B, H], labels [B, T] -> losses [H_trained]."""
+        out = logits.index_select(1, self.head_idx) if len(self.head_idx) != logits.shape[1] else logits
+        y = labels.index_select(1, self.label_idx)
+        if self.all_binary:
+            per_row = F.binary_cross_entropy_with_logits(out, y, reduction="none")
+        else:
+            binary = self.binary.to(out.device)
+            per_row = torch.where(binary, F.binary_cross_entropy_with_logits(out, y, reduction="none"),
+                                  (out - y) ** 2)
+        if not self.has_space:
+            return per_row.mean(0)
+        mask = torch.ones_like(per_row)
+        cols = self.space_idx >= 0
+        space_labels = labels.index_select(1, self.space_idx.clamp(min=0).to(labels.device))
+        mask = torch.where(cols.to(labels.device), (space_labels == 1).to(per_row.dtype), mask)
+        return (per_row * mask).sum(0) / mask.sum(0).clamp(min=1.0)

@@ -1,0 +1,139 @@
+"""A training run end to end: config -> data -> model -> trainer -> run folder with metrics and weights.
+
+Run folder layout:
+  config.yaml       the resolved configuration (re-running it reproduces the run)
+  encoders.json     fitted encoders (schema included): raw values map exactly as in training
+  spec.json         model spec and heads, so the model is rebuilt without the data
+  metrics.jsonl     one line per epoch (train loss, samples/s, validation metrics)
+  steps.jsonl       losses and task weights every `log_every` steps
+  metrics.json      final metrics of the best weights on validation and test
+  model.safetensors best weights;  checkpoint.pt  last epoch's full state (for --resume)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyrec import __version__
+from polyrec.balance import build_balancer
+from polyrec.config import RunConfig, load_config
+from polyrec.data.batching import TensorTable
+from polyrec.data.encoders import Encoders
+from polyrec.errors import PolyrecError
+from polyrec.models import ModelSpec, build_model
+from polyrec.models.base import MultiTaskModel
+from polyrec.recipes.prepare import PreparedData, describe, prepare
+from polyrec.train.checkpoint import load_weights
+from polyrec.train.trainer import CHECKPOINT, WEIGHTS, Trainer, evaluate_table
+from polyrec.utils.io import atomic_write_text
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
+              progress_factory: Callable[[int], Any] | None = None, download: bool = True) -> RunResult:
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / CHECKPOINT).exists():
+            raise PolyrecError(f"Cannot resume: {run_dir / CHECKPOINT} does not exist.")
+        saved = load_config(run_dir / "config.yaml")
+        if saved.model_dump() != cfg.model_dump():
+            raise PolyrecError(f"Cannot resume {run_dir}: its config.yaml differs from the requested config. "
+                               "Resume with `polyrec train --resume --out RUN_DIR` alone.")
+    elif (run_dir / "config.yaml").exists():
+        raise PolyrecError(f"{run_dir} already holds a run. Use --resume to continue it, or choose another --out.")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log)
+    log(describe(data))
+    spec = data.model_spec()
+    _seed_everything(cfg.train.seed)
+    model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
+    balancer = build_balancer(cfg.train.balance, [h.name for h in model.heads if h.train], cfg.train.balance_params)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        data.encoders.save(run_dir / "encoders.json")
+        atomic_write_text(run_dir / "spec.json", json.dumps({
+            "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
+            "spec": spec.to_dict(), "heads": [h.__dict__ for h in model.heads],
+            "dataset": data.dataset, "cache_entry": data.entry.name}, indent=1))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}")
+    tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items()}
+    trainer = Trainer(model, cfg.train, balancer, run_dir, log)
+    t0 = time.perf_counter()
+    fit = trainer.fit(tables["train"], tables["val"], spec.scenario_names, resume=resume,
+                      progress_factory=progress_factory)
+    metrics = {split: evaluate_table(model, tables[split], cfg.train.eval_batch_size, spec.scenario_names)
+               for split in ("val", "test") if split in tables}
+    result = {
+        "dataset": data.dataset, "model": cfg.model.name, "seed": cfg.train.seed,
+        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
+        "monitor": cfg.train.monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
+        "train_seconds": sum(h["train_seconds"] for h in fit.history),
+        "wall_seconds": time.perf_counter() - t0, "rows": data.meta["rows"], "data_notes": data.meta["notes"],
+        "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        **metrics,
+    }
+    atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
+    return RunResult(run_dir, result, fit.history)
+
+
+# --- loading a finished run ---------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: RunConfig
+    encoders: Encoders
+    spec: ModelSpec
+    model: MultiTaskModel
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "encoders.json", "spec.json", WEIGHTS):
+        if not (run_dir / name).exists():
+            raise PolyrecError(f"{run_dir} is not a finished polyrec run: {name} is missing.")
+    cfg = load_config(run_dir / "config.yaml")
+    info = json.loads((run_dir / "spec.json").read_text())
+    spec = ModelSpec.from_dict(info["spec"])
+    model = build_model(info["model"], spec, info["embed_dim"], info["params"])
+    model.load_state_dict(load_weights(run_dir / WEIGHTS))
+    model.eval()
+    return LoadedRun(run_dir, cfg, Encoders.load(run_dir / "encoders.json"), spec, model)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", log: Callable[[str], None] = print) -> dict[str, Any]:
+    run = load_run(run_dir)
+    data: PreparedData = prepare(run.config.data, seed=run.config.train.seed, download=False, log=log)
+    if split not in data.splits:
+        raise PolyrecError(f"Unknown split {split!r}; available: {sorted(data.splits)}")
+    if data.encoders.to_dict() != run.encoders.to_dict():
+        raise PolyrecError("The dataset now encodes differently from when this run was trained "
+                           "(source files or schema changed); evaluate would be meaningless.")
+    table = TensorTable(data.splits[split])
+    return evaluate_table(run.model, table, run.config.train.eval_batch_size, run.spec.scenario_names)

@@ -1,0 +1,209 @@
+"""The one training loop: any model x any balancer, early stopping on validation, exact resume.
+
+Determinism: epoch e's shuffle comes from a generator seeded by (seed, e), and the global RNG
+(dropout) is saved in every checkpoint, so a resumed run replays exactly the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polyrec.balance import Balancer
+from polyrec.config import TrainConfig
+from polyrec.data.batching import TensorTable
+from polyrec.errors import PolyrecError, close_matches
+from polyrec.metrics.report import evaluate, flatten
+from polyrec.models.base import MultiTaskModel
+from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from polyrec.train.losses import HeadLosses
+from polyrec.train.optim import build_optimizer
+from polyrec.utils.io import atomic_write_text
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.safetensors"
+EPOCH_LOG = "metrics.jsonl"
+STEP_LOG = "steps.jsonl"
+_MIN_KEYS = ("loss", "logloss", "mse", "mae", "rmse")
+
+
+@torch.inference_mode()
+def predict_scores(model: MultiTaskModel, table: TensorTable, batch_size: int) -> np.ndarray:
+    """Scores [N, H] for every head: probabilities for binary heads, values for regression heads."""
+    model.eval()
+    binary = torch.tensor([h.kind == "binary" for h in model.heads])
+    out = np.empty((len(table), len(model.heads)), dtype=np.float32)
+    start = 0
+    for batch, _ in table.batches(batch_size):
+        logits = model(batch).float().cpu()
+        scores = torch.where(binary, torch.sigmoid(logits), logits)
+        out[start:start + len(batch)] = scores.numpy()
+        start += len(batch)
+    return out
+
+
+def evaluate_table(model: MultiTaskModel, table: TensorTable, batch_size: int,
+                   scenario_names: list[str]) -> dict[str, Any]:
+    scores = predict_scores(model, table, batch_size)
+    return evaluate(scores, table.labels.cpu().numpy(), model.heads, model.spec.task_names,
+                    table.scenario.cpu().numpy(), scenario_names, table.user)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_score: float
+    stopped_early: bool
+    step_log: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, balancer: Balancer,
+                 run_dir: Path | None = None, log: Callable[[str], None] = print) -> None:
+        self.model, self.cfg, self.balancer = model, cfg, balancer
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.log = log
+        self.losses = HeadLosses(model.heads, model.spec.task_names)
+        self.optimizer = build_optimizer(model, cfg, balancer.parameters())
+        self.shared = model.shared_parameters()
+        mode = cfg.monitor_mode or ("min" if cfg.monitor.split("/")[-1] in _MIN_KEYS else "max")
+        self.sign = 1.0 if mode == "max" else -1.0
+
+    # --- one epoch ----------------------------------------------------------------------
+    def _train_epoch(self, table: TensorTable, epoch: int, step: int, progress) -> tuple[dict, int, list]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        n_heads = len(self.losses.names)
+        epoch_sum = torch.zeros(n_heads)
+        window_sum = torch.zeros(n_heads)
+        window, n_batches, steps = 0, 0, []
+        t0 = time.perf_counter()
+        for batch, labels in table.batches(cfg.batch_size, shuffle=True, generator=gen):
+            logits = model(batch)
+            losses = self.losses(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.balancer.backward(losses, model.aux_loss(), self.shared)
+            self.optimizer.step()
+            detached = losses.detach()
+            epoch_sum += detached
+            window_sum += detached
+            window += 1
+            n_batches += 1
+            step += 1
+            if step % cfg.log_every == 0:
+                mean = (window_sum / window).tolist()
+                if not all(math.isfinite(v) for v in mean):
+                    raise PolyrecError(
+                        f"Training diverged at epoch {epoch}, step {step}: loss {dict(zip(self.losses.names, mean))}."
+                        " Try a lower learning rate (train.lr)."
+                    )
+                steps.append({"epoch": epoch, "step": step, "loss": dict(zip(self.losses.names, mean)),
+                              "weights": dict(zip(self.losses.names, self.balancer.weights.tolist()))})
+                window_sum.zero_()
+                window = 0
+                if progress is not None:
+                    done = min(n_batches * cfg.batch_size, len(table))
+                    progress(n_batches, sum(mean), done / (time.perf_counter() - t0))
+        seconds = time.perf_counter() - t0
+        mean = (epoch_sum / max(n_batches, 1)).tolist()
+        if not all(math.isfinite(v) for v in mean):
+            raise PolyrecError(f"Training diverged in epoch {epoch}: loss {mean}. Try a lower learning rate.")
+        stats = {"train_loss": dict(zip(self.losses.names, mean)), "train_seconds": seconds,
+                 "train_samples_per_s": len(table) / seconds}
+        return stats, step, steps
+
+    def _score(self, flat: dict[str, float]) -> float:
+        key = self.cfg.monitor
+        if key not in flat:
+            raise PolyrecError(
+                f"train.monitor={key!r} is not a validation metric.{close_matches(key, flat)} "
+                f"Examples: {', '.join(list(flat)[:8])}"
+            )
+        value = flat[key]
+        return -math.inf if math.isnan(value) else self.sign * value
+
+    # --- fit ------------------------------------------------------------------------------
+    def fit(self, train: TensorTable, val: TensorTable, scenario_names: list[str], resume: bool = False,
+            progress_factory: Callable[[int], Any] | None = None) -> FitResult:
+        cfg, model = self.cfg, self.model
+        history: list[dict[str, Any]] = []
+        step_log: list[dict[str, Any]] = []
+        start_epoch, step, best_score, best_epoch, bad = 1, 0, -math.inf, 0, 0
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if resume:
+            ckpt = load_checkpoint(self._path(CHECKPOINT))
+            model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.balancer.load_state_dict(ckpt["balancer"])
+            torch.set_rng_state(ckpt["rng"])
+            best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
+            bad, step, start_epoch = ckpt["bad_epochs"], ckpt["step"], ckpt["epoch"] + 1
+            history = json.loads(ckpt["history"])
+            step_log = json.loads(ckpt["step_log"])
+            self.log(f"resumed from epoch {ckpt['epoch']} (best epoch {best_epoch})")
+            if ckpt.get("finished"):
+                start_epoch = cfg.epochs + 1
+        stopped_early = bool(history and history[-1].get("stopped_early"))
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if stopped_early:
+                break
+            bar = progress_factory(train.num_batches(cfg.batch_size)) if progress_factory else None
+            try:
+                stats, step, steps = self._train_epoch(train, epoch, step, bar)
+            finally:
+                if bar is not None:
+                    bar(None, None, None)
+            step_log.extend(steps)
+            val_metrics = evaluate_table(model, val, cfg.eval_batch_size, scenario_names)
+            flat = flatten(val_metrics)
+            score = self._score(flat)
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch, bad = score, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+            stopped_early = cfg.patience > 0 and bad >= cfg.patience and epoch < cfg.epochs
+            record = {"epoch": epoch, **stats, "val": flat, "monitor": cfg.monitor,
+                      "monitor_value": flat[cfg.monitor], "improved": improved, "stopped_early": stopped_early}
+            history.append(record)
+            self.log(
+                f"epoch {epoch}/{cfg.epochs}  loss {sum(stats['train_loss'].values()):.4f}  "
+                f"{stats['train_samples_per_s']:,.0f} samples/s  val {cfg.monitor} {flat[cfg.monitor]:.4f}"
+                + ("  *" if improved else "")
+            )
+            if self.run_dir is not None:
+                save_checkpoint({
+                    "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "balancer": self.balancer.state_dict(), "rng": torch.get_rng_state(),
+                    "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch,
+                    "bad_epochs": bad, "step": step, "epoch": epoch, "finished": False,
+                    "history": json.dumps(history), "step_log": json.dumps(step_log),
+                }, self._path(CHECKPOINT))
+                self._write_logs(history, step_log)
+            if stopped_early:
+                self.log(f"early stop: no improvement of {cfg.monitor} for {cfg.patience} epochs")
+        # always finish on the best weights, whether or not early stopping fired
+        model.load_state_dict(best_state)
+        if self.run_dir is not None:
+            save_weights(best_state, self._path(WEIGHTS))
+            self._write_logs(history, step_log)
+        return FitResult(history, best_epoch, self.sign * best_score, stopped_early, step_log)
+
+    def _path(self, name: str) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / name
+
+    def _write_logs(self, history: list[dict], step_log: list[dict]) -> None:
+        atomic_write_text(self._path(EPOCH_LOG), "".join(json.dumps(r) + "\n" for r in history))
+        atomic_write_text(self._path(STEP_LOG), "".join(json.dumps(r) + "\n" for r in step_log))
