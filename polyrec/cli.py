@@ -44,9 +44,11 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
                       _fmt(m["auc"] if binary else m["rmse"]), _fmt(m["logloss"] if binary else m["mae"]),
                       _fmt(m.get("gauc", "")), style=style)
 
-    for sc, cell in metrics["cells"].items():
-        for head, m in cell.items():
-            row(sc, head, m)
+    cells = metrics["cells"]
+    if list(cells) != ["all"]:  # data without scenarios: the single cell repeats the per-head rows
+        for sc, cell in cells.items():
+            for head, m in cell.items():
+                row(sc, head, m)
     for head, m in metrics["heads"].items():
         row("all", head, m, style="bold")
     if metrics.get("overall"):
@@ -109,11 +111,9 @@ def train(
             if value is not None:
                 overrides.append(f"{key}={value}")
         cfg = load_config(config, overrides)
-        from polyrec.models.base import get_model_class
-        from polyrec.recipes.prepare import get_recipe
+        from polyrec.train.run import validate_config
 
-        get_recipe(cfg.data.dataset)  # fail fast on unknown names, before any data work
-        get_model_class(cfg.model.name)
+        validate_config(cfg)  # fail fast on unknown names, before any data work
         if out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path("runs") / f"{cfg.data.dataset}-{cfg.model.name}-{stamp}"

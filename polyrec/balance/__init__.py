@@ -5,7 +5,7 @@ losses and the model's shared parameters, and performs the backward pass. Any ba
 any model, chosen by name (`train.balance`).
 """
 
-from polyrec.balance.base import BALANCERS, Balancer, build_balancer, register_balancer
+from polyrec.balance.base import BALANCERS, Balancer, balancer_params, build_balancer, register_balancer
 from polyrec.balance import simple  # noqa: F401  (registers sum, fixed)
 
-__all__ = ["BALANCERS", "Balancer", "build_balancer", "register_balancer"]
+__all__ = ["BALANCERS", "Balancer", "balancer_params", "build_balancer", "register_balancer"]

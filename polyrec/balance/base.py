@@ -53,15 +53,19 @@ def register_balancer(name: str) -> Callable[[type[Balancer]], type[Balancer]]:
     return deco
 
 
-def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any]) -> Balancer:
+def balancer_params(name: str, raw: dict[str, Any]) -> BalancerParams:
+    """Validated parameters of balancer `name` (unknown names and keys are errors with close matches)."""
     if name not in BALANCERS:
         raise unknown_name("balancer", name, BALANCERS)
     cls = BALANCERS[name]
     try:
-        p = cls.Params(**params)
+        return cls.Params(**raw)
     except ValidationError as exc:
         from polyrec.data.schema import format_validation_error
 
         raise PolyrecError(f"Invalid balance_params for {name!r}: "
                            f"{format_validation_error(exc, cls.Params.model_fields)}") from None
-    return cls(task_names, p)
+
+
+def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any]) -> Balancer:
+    return BALANCERS[name](task_names, balancer_params(name, params))

@@ -18,9 +18,17 @@ import pyarrow.compute as pc
 from polyrec.data.io import read_delimited
 from polyrec.errors import PolyrecError
 from polyrec.recipes.base import RawData, Recipe, register_recipe
-from polyrec.utils.download import extract_members, fetch_url, pip_wheel
+from polyrec.utils.download import extract_members, fetch_url, pip_wheel, verify_sha256
 
 AGE_BUCKETS = ("<25", "25-34", ">=35")
+# sha256 of the ML-100K files in the recbole 1.2.1 wheel (they match the wheel's RECORD)
+RECBOLE_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+    "ml-100k.kg": "200a0636fa07c218119a42e5bac7aa3e26e3665a6f919c1b22909bd412b14779",
+    "ml-100k.link": "524dca2c3d62619688ab99b3ec53ea2acb9b64d38eafec3e02bdd0dc6bb7d948",
+}
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 
 
@@ -93,6 +101,7 @@ class MovieLens100K(_MovieLens):
             log(f"GroupLens not reachable ({exc}); using the copy shipped in the recbole 1.2.1 wheel")
         wheel = pip_wheel("recbole==1.2.1", log=log)
         extract_members(wheel, "recbole/dataset_example/ml-100k/", d)
+        verify_sha256({d / name: digest for name, digest in RECBOLE_SHA256.items()})
 
     def load(self, files: dict[str, Path], options: dict[str, Any]) -> RawData:
         if files["inter"].name == "u.data":

@@ -53,9 +53,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def validate_config(cfg: RunConfig) -> None:
+    """Fail fast on unknown names and parameters, before any data is read."""
+    from polyrec.balance import balancer_params
+    from polyrec.models.base import model_params
+    from polyrec.recipes.prepare import get_recipe
+
+    get_recipe(cfg.data.dataset)
+    model_params(cfg.model.name, cfg.model.params())
+    balancer_params(cfg.train.balance, cfg.train.balance_params)
+
+
 def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
               progress_factory: Callable[[int], Any] | None = None, download: bool = True) -> RunResult:
     run_dir = Path(run_dir)
+    validate_config(cfg)
     if resume:
         if not (run_dir / CHECKPOINT).exists():
             raise PolyrecError(f"Cannot resume: {run_dir / CHECKPOINT} does not exist.")

@@ -48,3 +48,14 @@ def extract_members(archive: Path, prefix: str, dest: Path) -> list[Path]:
     if not out:
         raise PolyrecError(f"{archive.name} holds no files under {prefix!r}")
     return out
+
+
+def verify_sha256(expected: dict[Path, str]) -> None:
+    """Check downloaded files against known digests; a mismatch removes the file and raises."""
+    import hashlib
+
+    for path, digest in expected.items():
+        actual = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if actual != digest:
+            Path(path).unlink()
+            raise PolyrecError(f"{path} failed its checksum (sha256 {actual}, expected {digest}); removed it.")
