@@ -41,6 +41,7 @@ class TrainConfig(_Strict):
     lr: float = 1e-3
     weight_decay: float = 0.0
     embedding_weight_decay: float = 0.0  # decay on embedding tables only when asked
+    sparse_embeddings: bool | Literal["auto"] = "auto"  # auto: lazy sparse updates for big tables
     momentum: float = 0.0  # sgd / rmsprop
     batch_size: int = Field(1024, ge=1)
     eval_batch_size: int = Field(16384, ge=1)
