@@ -35,6 +35,9 @@ class Balancer:
         """Run backward for losses [T] (+ an extra scalar regulariser); return the combined loss."""
         raise NotImplementedError
 
+    def epoch_end(self, epoch: int, mean_losses: torch.Tensor) -> None:
+        """Called after each training epoch with the epoch's mean loss per task (DWA uses it)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"weights": self.weights}
 

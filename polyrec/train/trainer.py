@@ -115,6 +115,7 @@ class Trainer:
                     done = min(n_batches * cfg.batch_size, len(table))
                     progress(n_batches, sum(mean), done / (time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
+        self.balancer.epoch_end(epoch, epoch_sum / max(n_batches, 1))
         mean = (epoch_sum / max(n_batches, 1)).tolist()
         if not all(math.isfinite(v) for v in mean):
             raise PolyrecError(f"Training diverged in epoch {epoch}: loss {mean}. Try a lower learning rate.")
