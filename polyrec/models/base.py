@@ -60,8 +60,10 @@ class MultiTaskModel(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def aux_loss(self) -> torch.Tensor | None:
-        """Extra regulariser computed during the last forward (e.g. orthogonality), added to the loss."""
+    def extra_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """A scalar added to the task losses: regularisers stored during forward (`self._aux_loss`,
+        e.g. orthogonality) or label-dependent terms (calibrators, counterfactual regularisers).
+        `labels` is [B, T] in task order. Default: the stored regulariser, or None."""
         return self._aux_loss
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -92,7 +92,7 @@ class Trainer:
             logits = model(batch)
             losses = self.losses(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
-            self.balancer.backward(losses, model.aux_loss(), self.shared)
+            self.balancer.backward(losses, model.extra_loss(logits, labels), self.shared)
             self.optimizer.step()
             detached = losses.detach()
             epoch_sum += detached
