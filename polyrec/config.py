@@ -23,6 +23,9 @@ class DataConfig(_Strict):
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int | None = None  # None: the run's seed (same seed = same split)
     options: dict[str, Any] = Field(default_factory=dict)  # recipe-specific options
+    # replace the schema's tasks: names of schema tasks, or task specs such as
+    # {name: rating, type: regression} or {name: like_if_click, column: like, space: click}
+    tasks: list[str | dict[str, Any]] | None = None
 
 
 class ModelConfig(BaseModel):
@@ -47,8 +50,8 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(16384, ge=1)
     epochs: int = Field(10, ge=1)
     patience: int = Field(2, ge=0)  # epochs without improvement before stopping; 0 = never stop early
-    monitor: str = "overall/mean_auc"  # validation metric key (see metrics.report.flatten)
-    monitor_mode: Literal["max", "min"] | None = None  # None: min for loss/logloss/mse/mae/rmse, else max
+    monitor: str = "overall/mean_auc"  # a validation metric key, or a weighted sum "0.7*click/auc + 0.3*like/auc"
+    monitor_mode: Literal["max", "min"] | None = None  # None: inferred (min for logloss/mse/mae/rmse)
     seed: int = 42
     threads: int | None = None
     device: str = "cpu"

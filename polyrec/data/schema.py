@@ -157,6 +157,17 @@ class Schema(_Strict):
     def label_columns(self) -> list[str]:
         return [t.source for t in self.tasks]
 
+    def with_tasks(self, tasks: list[str | dict[str, Any]]) -> "Schema":
+        """The same schema with another task list (names of existing tasks, or new task specs)."""
+        known = {t.name: t.model_dump() for t in self.tasks}
+        specs = []
+        for t in tasks:
+            if isinstance(t, str):
+                specs.append(known[t] if t in known else {"name": t})
+            else:
+                specs.append(t)
+        return Schema.from_dict({**self.model_dump(mode="json"), "tasks": specs}, origin="task list (data.tasks)")
+
     # --- (de)serialisation -------------------------------------------------------------
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -84,6 +84,8 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
     recipe = get_recipe(cfg.dataset)
     files = locate_or_download(recipe, download, log)
     schema = Schema.from_yaml(cfg.schema_file) if cfg.schema_file else recipe.schema()
+    if cfg.tasks:
+        schema = schema.with_tasks(cfg.tasks)
     split_seed = cfg.split_seed if cfg.split_seed is not None else seed
     method = cfg.split or recipe.default_split
     key = cache_key({

@@ -20,11 +20,12 @@ import torch
 from polyrec.balance import Balancer
 from polyrec.config import TrainConfig
 from polyrec.data.batching import TensorTable
-from polyrec.errors import PolyrecError, close_matches
+from polyrec.errors import PolyrecError
 from polyrec.metrics.report import evaluate, flatten
 from polyrec.models.base import MultiTaskModel
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from polyrec.train.losses import HeadLosses
+from polyrec.train.monitor import Monitor
 from polyrec.train.optim import build_optimizer
 from polyrec.utils.io import atomic_write_text
 
@@ -32,7 +33,6 @@ CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 EPOCH_LOG = "metrics.jsonl"
 STEP_LOG = "steps.jsonl"
-_MIN_KEYS = ("loss", "logloss", "mse", "mae", "rmse")
 
 
 @torch.inference_mode()
@@ -75,8 +75,7 @@ class Trainer:
         self.losses = HeadLosses(model.heads, model.spec.task_names)
         self.optimizer = build_optimizer(model, cfg, balancer.parameters())
         self.shared = model.shared_parameters()
-        mode = cfg.monitor_mode or ("min" if cfg.monitor.split("/")[-1] in _MIN_KEYS else "max")
-        self.sign = 1.0 if mode == "max" else -1.0
+        self.monitor = Monitor(cfg.monitor, cfg.monitor_mode)
 
     # --- one epoch ----------------------------------------------------------------------
     def _train_epoch(self, table: TensorTable, epoch: int, step: int, progress) -> tuple[dict, int, list]:
@@ -123,16 +122,6 @@ class Trainer:
                  "train_samples_per_s": len(table) / seconds}
         return stats, step, steps
 
-    def _score(self, flat: dict[str, float]) -> float:
-        key = self.cfg.monitor
-        if key not in flat:
-            raise PolyrecError(
-                f"train.monitor={key!r} is not a validation metric.{close_matches(key, flat)} "
-                f"Examples: {', '.join(list(flat)[:8])}"
-            )
-        value = flat[key]
-        return -math.inf if math.isnan(value) else self.sign * value
-
     # --- fit ------------------------------------------------------------------------------
     def fit(self, train: TensorTable, val: TensorTable, scenario_names: list[str], resume: bool = False,
             progress_factory: Callable[[int], Any] | None = None) -> FitResult:
@@ -154,6 +143,8 @@ class Trainer:
             self.log(f"resumed from epoch {ckpt['epoch']} (best epoch {best_epoch})")
             if ckpt.get("finished"):
                 start_epoch = cfg.epochs + 1
+        else:  # fail before training, not after the first epoch, when train.monitor names no metric
+            self.monitor.value(flatten(evaluate_table(model, val, cfg.eval_batch_size, scenario_names)))
         stopped_early = bool(history and history[-1].get("stopped_early"))
         for epoch in range(start_epoch, cfg.epochs + 1):
             if stopped_early:
@@ -167,7 +158,8 @@ class Trainer:
             step_log.extend(steps)
             val_metrics = evaluate_table(model, val, cfg.eval_batch_size, scenario_names)
             flat = flatten(val_metrics)
-            score = self._score(flat)
+            score = self.monitor.score(flat)
+            monitored = self.monitor.value(flat)
             improved = score > best_score
             if improved:
                 best_score, best_epoch, bad = score, epoch, 0
@@ -176,11 +168,11 @@ class Trainer:
                 bad += 1
             stopped_early = cfg.patience > 0 and bad >= cfg.patience and epoch < cfg.epochs
             record = {"epoch": epoch, **stats, "val": flat, "monitor": cfg.monitor,
-                      "monitor_value": flat[cfg.monitor], "improved": improved, "stopped_early": stopped_early}
+                      "monitor_value": monitored, "improved": improved, "stopped_early": stopped_early}
             history.append(record)
             self.log(
                 f"epoch {epoch}/{cfg.epochs}  loss {sum(stats['train_loss'].values()):.4f}  "
-                f"{stats['train_samples_per_s']:,.0f} samples/s  val {cfg.monitor} {flat[cfg.monitor]:.4f}"
+                f"{stats['train_samples_per_s']:,.0f} samples/s  val {cfg.monitor} {monitored:.4f}"
                 + ("  *" if improved else "")
             )
             if self.run_dir is not None:
@@ -199,7 +191,7 @@ class Trainer:
         if self.run_dir is not None:
             save_weights(best_state, self._path(WEIGHTS))
             self._write_logs(history, step_log)
-        return FitResult(history, best_epoch, self.sign * best_score, stopped_early, step_log)
+        return FitResult(history, best_epoch, self.monitor.sign * best_score, stopped_early, step_log)
 
     def _path(self, name: str) -> Path:
         assert self.run_dir is not None
