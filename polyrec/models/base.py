@@ -52,6 +52,14 @@ class MultiTaskModel(nn.Module):
         self.params = params
         self.heads: list[Head] = [Head(t.name, t.name, t.type, t.space) for t in spec.tasks]
         self._aux_loss: torch.Tensor | None = None
+        self._gates: dict[str, torch.Tensor] | None = None  # filled only while recording
+
+    def record_gate(self, name: str, weights: torch.Tensor) -> None:
+        """Keep a gate's softmax weights [B, G, E] (G gates, e.g. tasks; E experts) for reports.
+
+        Costs nothing unless a caller enabled recording (see polyrec.train.gates)."""
+        if self._gates is not None:
+            self._gates[name] = weights.detach()
 
     @property
     def n_tasks(self) -> int:

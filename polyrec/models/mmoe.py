@@ -35,12 +35,10 @@ class MMoE(MultiTaskModel):
         self.task_gates = nn.Linear(d_in, self.n_tasks * p.n_experts)
         self.towers = ParallelMLP(self.n_tasks, self.experts.out_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)
-        self.last_gate_weights: torch.Tensor | None = None
 
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.embedding.flat(batch)
         experts = self.experts(x)  # [B, E, D]
         gate_logits = self.task_gates(x).view(x.shape[0], self.n_tasks, -1)  # [B, T, E]
-        if not self.training:
-            self.last_gate_weights = torch.softmax(gate_logits, -1).detach()
+        self.record_gate("task_gates", torch.softmax(gate_logits, -1))
         return self.towers(mix(gate_logits, experts)).squeeze(-1)  # [B, T]

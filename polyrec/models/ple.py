@@ -27,7 +27,10 @@ class PLEParams(ModelParams):
 
 
 class CGCLevel(nn.Module):
-    """One extraction level: experts and gates for T task streams (+ the shared stream if not last)."""
+    """One extraction level: experts and gates for T task streams (+ the shared stream if not last).
+
+    Returns the task streams, the shared stream and the task gates' weights [B, T, nt + ns]
+    (each task's own experts first, then the shared ones)."""
 
     def __init__(self, n_tasks: int, d_in: int, p: PLEParams, last: bool) -> None:
         super().__init__()
@@ -39,7 +42,8 @@ class CGCLevel(nn.Module):
         self.shared_gate = None if last else nn.Linear(d_in, n_tasks * self.nt + self.ns)
         self.out_dim = self.shared_experts.out_dim
 
-    def forward(self, task_in: torch.Tensor, shared_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, task_in: torch.Tensor, shared_in: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """task_in: [B, T, d] (or [B, d] when all streams are the input); shared_in: [B, d]."""
         b, t, nt = shared_in.shape[0], self.n_tasks, self.nt
         shared = self.shared_experts(shared_in)  # [B, ns, D]
@@ -56,7 +60,7 @@ class CGCLevel(nn.Module):
         if self.shared_gate is not None:
             everything = torch.cat([own.reshape(b, t * nt, -1), shared], dim=1)
             shared_out = mix(self.shared_gate(shared_in), everything)
-        return task_out, shared_out
+        return task_out, shared_out, torch.softmax(gate_logits, -1)
 
 
 @register("ple")
@@ -77,8 +81,9 @@ class PLE(MultiTaskModel):
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.embedding.flat(batch)
         task_in, shared_in = x, x
-        for level in self.levels:
-            task_in, shared_in = level(task_in, shared_in)
+        for i, level in enumerate(self.levels):
+            task_in, shared_in, gates = level(task_in, shared_in)
+            self.record_gate(f"level{i + 1}_task_gates", gates)
         return self.towers(task_in).squeeze(-1)
 
     def shared_parameters(self) -> list[nn.Parameter]:

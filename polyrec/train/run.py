@@ -7,6 +7,7 @@ Run folder layout:
   metrics.jsonl     one line per epoch (train loss, samples/s, validation metrics)
   steps.jsonl       losses and task weights every `log_every` steps
   metrics.json      final metrics of the best weights on validation and test
+  gates.json        mean gate weight per (scenario, gate, expert) on test, for expert models
   model.safetensors best weights;  checkpoint.pt  last epoch's full state (for --resume)
 """
 
@@ -32,6 +33,7 @@ from polyrec.models import ModelSpec, build_model
 from polyrec.models.base import MultiTaskModel
 from polyrec.recipes.prepare import PreparedData, describe, prepare
 from polyrec.train.checkpoint import load_weights
+from polyrec.train.gates import gate_summary
 from polyrec.train.trainer import CHECKPOINT, WEIGHTS, Trainer, evaluate_table
 from polyrec.utils.io import atomic_write_text
 
@@ -65,7 +67,8 @@ def validate_config(cfg: RunConfig) -> None:
 
 
 def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
-              progress_factory: Callable[[int], Any] | None = None, download: bool = True) -> RunResult:
+              progress_factory: Callable[[int], Any] | None = None, download: bool = True,
+              epoch_callback: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     run_dir = Path(run_dir)
     validate_config(cfg)
     if resume:
@@ -99,7 +102,7 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
     trainer = Trainer(model, cfg.train, balancer, run_dir, log)
     t0 = time.perf_counter()
     fit = trainer.fit(tables["train"], tables["val"], spec.scenario_names, resume=resume,
-                      progress_factory=progress_factory)
+                      progress_factory=progress_factory, epoch_callback=epoch_callback)
     metrics = {split: evaluate_table(model, tables[split], cfg.train.eval_batch_size, spec.scenario_names)
                for split in ("val", "test") if split in tables}
     result = {
@@ -111,6 +114,9 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
         "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
         **metrics,
     }
+    gates = gate_summary(model, tables["test"], spec.scenario_names, cfg.train.eval_batch_size)
+    if gates:
+        atomic_write_text(run_dir / "gates.json", json.dumps(gates))
     atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
     return RunResult(run_dir, result, fit.history)
 
