@@ -68,7 +68,7 @@ def validate_config(cfg: RunConfig) -> None:
 
 def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
               progress_factory: Callable[[int], Any] | None = None, download: bool = True,
-              epoch_callback: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+              epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> RunResult:
     run_dir = Path(run_dir)
     validate_config(cfg)
     if resume:

@@ -125,8 +125,8 @@ class Trainer:
     # --- fit ------------------------------------------------------------------------------
     def fit(self, train: TensorTable, val: TensorTable, scenario_names: list[str], resume: bool = False,
             progress_factory: Callable[[int], Any] | None = None,
-            epoch_callback: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
-        """Train until epochs or early stop. `epoch_callback(record)` sees each epoch's record after
+            epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> FitResult:
+        """Train until epochs or early stop. `epoch_callback(record, steps)` sees each epoch's record and step log after
         the checkpoint is written (tuners report to pruners there; an exception stops training)."""
         cfg, model = self.cfg, self.model
         history: list[dict[str, Any]] = []
@@ -188,7 +188,7 @@ class Trainer:
                 }, self._path(CHECKPOINT))
                 self._write_logs(history, step_log)
             if epoch_callback is not None:
-                epoch_callback(record)
+                epoch_callback(record, steps)
             if stopped_early:
                 self.log(f"early stop: no improvement of {cfg.monitor} for {cfg.patience} epochs")
         # always finish on the best weights, whether or not early stopping fired
