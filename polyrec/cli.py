@@ -182,7 +182,7 @@ def datasets_list() -> None:
             recipe.locate(data_dir())
             status = "present"
         except PolyrecError:
-            status = "missing (prepare downloads)"
+            status = "missing (prepare downloads)" if recipe.auto_download else "missing (manual download)"
         table.add_row(name, recipe.description, status)
     console.print(f"data directory: {data_dir()} (set POLYREC_DATA to change)")
     console.print(table)

@@ -35,11 +35,15 @@ class Recipe(ABC):
     description: ClassVar[str]
     folder: ClassVar[str]  # sub-directory of the data directory
     default_split: ClassVar[str] = "random"
+    auto_download: ClassVar[bool] = True  # False: the source needs an account or ships elsewhere
     time_column: ClassVar[str | None] = None  # for per-user temporal splits
     user_column: ClassVar[str | None] = None
 
+    schema_name: ClassVar[str | None] = None  # YAML under schemas/ (default: the recipe name)
+
     def schema(self) -> Schema:
-        text = resources.files("polyrec.recipes").joinpath(f"schemas/{self.name}.yaml").read_text()
+        name = self.schema_name or self.name
+        text = resources.files("polyrec.recipes").joinpath(f"schemas/{name}.yaml").read_text()
         return Schema.from_dict(yaml.safe_load(text), origin=f"built-in schema of {self.name}")
 
     @abstractmethod
@@ -65,6 +69,27 @@ class Recipe(ABC):
             f"Set POLYREC_DATA to the directory holding '{self.folder}/', or run "
             f"`polyrec datasets prepare {self.name}` to download it."
         )
+
+
+def read_csv(path: Path) -> pa.Table:
+    """A processed CSV with a header (types inferred; ids become strings in the encoders anyway)."""
+    import pyarrow.csv as pacsv
+
+    if not path.exists():
+        raise PolyrecError(f"File not found: {path}")
+    try:
+        return pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 24))
+    except pa.ArrowInvalid as exc:
+        raise PolyrecError(f"Could not parse {path}: {exc}") from None
+
+
+def seeded_holdout(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
+    """Split off a seeded random `fraction` of rows (e.g. a validation set from an official train file)."""
+    import numpy as np
+
+    perm = np.random.default_rng(seed).permutation(table.num_rows)
+    cut = int(round(table.num_rows * fraction))
+    return table.take(np.sort(perm[cut:])), table.take(np.sort(perm[:cut]))
 
 
 RECIPES: dict[str, Recipe] = {}
