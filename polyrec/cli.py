@@ -208,11 +208,96 @@ def datasets_prepare(
         console.print(f"  {s}: {data.raw_split_path(s)}")
 
 
+@app.command()
+def tune(
+    trials: Annotated[int, typer.Option(help="Complete + pruned trials the study should hold (resumes count).")],
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset recipe (see `polyrec datasets list`).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name (see `polyrec models list`).")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="Base YAML config; searched keys in it are replaced (pin them with --set).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Base-config override; a searched key given here is pinned (not searched).")] = None,
+    study_dir: Annotated[Optional[Path], typer.Option(help="Study folder (default studies/DATASET-MODEL).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Start no new trial after this many seconds.")] = None,
+) -> None:
+    """Search hyper-parameters with Optuna on the validation split; resumable; writes best.yaml for `train`."""
+    from polyrec.config import load_config
+    from polyrec.train.run import validate_config
+    from polyrec.tune import tune as run_study
+
+    overrides = list(set_ or [])
+    fixed = [a.split("=", 1)[0].strip() for a in overrides]
+    for key, value in (("data.dataset", dataset), ("model.name", model)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(config, overrides)
+    validate_config(cfg)
+    if study_dir is None:
+        study_dir = Path("studies") / f"{cfg.data.dataset}-{cfg.model.name}"
+    try:
+        result = run_study(cfg, trials, study_dir, fixed=fixed, timeout=timeout,
+                           log=lambda msg: console.print(msg, markup=False))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; the study in {study_dir} keeps every finished trial "
+                          "(run the same command to go on).")
+        sys.exit(130)
+    keys = [k for k in dict.fromkeys(k for t in result.trials for k in t.overrides)]
+    table = Table(title=f"study {result.study_name} ({result.direction} val {result.monitor})", title_justify="left")
+    for col in ("trial", "state", "value", "epochs", *(k.split(".", 1)[1] for k in keys)):
+        table.add_column(col, justify="left" if col == "state" else "right")
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if v >= 0.01 or v == 0 else f"{v:.2e}"
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    best_number = result.best.number if result.best else None
+    for t in result.trials:
+        table.add_row(str(t.number), t.state.lower() + (f" ({t.error[:40]})" if t.error else ""),
+                      "" if t.value is None else _fmt(float(t.value)), str(t.epochs or ""),
+                      *(cell(t.overrides[k]) if k in t.overrides else "" for k in keys),
+                      style="bold" if t.number == best_number else None)
+    console.print(table)
+    if result.best is None:
+        console.print("no complete trial yet: no best.yaml")
+        return
+    console.print(f"best: trial {result.best.number}, val {result.monitor} = {result.best.value:.4f}")
+    console.print(f"saved: {result.best_path}  (retrain: polyrec train --config {result.best_path})")
+
+
+@app.command()
+def bench(
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset(s), comma-separated, e.g. movielens-100k,movielens-1m.")] = None,
+    models: Annotated[Optional[str], typer.Option(
+        help="Rows, comma-separated: model names, named variants, or model\\[key=value,...] (an ablation row), "
+             "e.g. mmoe,ple,mmoe\\[n_experts=8].")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="N (seeds 0..N-1; default 5) or a comma list, e.g. 0,3,7.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Base run config (YAML with data/model/train sections).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override for every run, e.g. --set train.epochs=5")] = None,
+    optimizers: Annotated[Optional[str], typer.Option(
+        help="Optimiser study: every row once per optimiser (label row/opt), e.g. sgd\\[lr=0.05],adam.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Bench folder (default bench/TIME). Re-running into it "
+                                                     "finishes only the missing runs.")] = None,
+    experiment: Annotated[Optional[Path], typer.Option(help="Experiment YAML (datasets, seeds, base, rows, "
+                                                            "optimizers, dataset_set); options above override it.")] = None,
+    report: Annotated[bool, typer.Option(help="Write report.html at the end (needs matplotlib).")] = True,
+) -> None:
+    """Benchmark rows x datasets x seeds; aggregate mean ± std with paired significance tests.
+
+    Exit code 1 when some run failed (its error.json says why; the others are aggregated)."""
+    from polyrec.bench.runner import bench_command
+
+    code = bench_command(dataset, models, seeds, config, set_, optimizers, out, experiment, report=report)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()
     except PolyrecError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print("[bold red]error:[/] ", end="")
+        err_console.print(str(exc), markup=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; the last finished epoch's checkpoint is kept (use --resume).")

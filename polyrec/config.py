@@ -59,6 +59,7 @@ class TrainConfig(_Strict):
     balance_params: dict[str, Any] = Field(default_factory=dict)
     log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
     progress: bool = True
+    tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard/ (needs the `track` extra)
 
 
 class RunConfig(_Strict):

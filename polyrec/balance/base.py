@@ -16,14 +16,30 @@ class BalancerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+TASK_KINDS = ("binary", "regression")
+
+
 class Balancer:
-    """Combines task losses into one backward pass. `weights` is what gets logged and plotted."""
+    """Combines task losses into one backward pass. `weights` is what gets logged and plotted.
+
+    `task_kinds` gives each task's loss type ("binary": BCE, "regression": MSE), in task order;
+    None means all binary. Only balancers whose formula depends on it (uncertainty) read it.
+    """
 
     Params: ClassVar[type[BalancerParams]] = BalancerParams
 
-    def __init__(self, task_names: Sequence[str], params: BalancerParams) -> None:
+    def __init__(self, task_names: Sequence[str], params: BalancerParams,
+                 task_kinds: Sequence[str] | None = None) -> None:
         self.task_names = list(task_names)
         self.params = params
+        kinds = list(task_kinds) if task_kinds is not None else ["binary"] * len(self.task_names)
+        if len(kinds) != len(self.task_names):
+            raise PolyrecError(f"task_kinds has {len(kinds)} entries for {len(self.task_names)} tasks "
+                               f"{self.task_names}")
+        bad = sorted({k for k in kinds if k not in TASK_KINDS})
+        if bad:
+            raise PolyrecError(f"Unknown task kind(s) {bad}; expected one of {list(TASK_KINDS)}")
+        self.task_kinds = kinds
         self.weights = torch.ones(len(task_names))
 
     def parameters(self) -> list[nn.Parameter]:
@@ -70,5 +86,8 @@ def balancer_params(name: str, raw: dict[str, Any]) -> BalancerParams:
                            f"{format_validation_error(exc, cls.Params.model_fields)}") from None
 
 
-def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any]) -> Balancer:
-    return BALANCERS[name](task_names, balancer_params(name, params))
+def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any],
+                   task_kinds: Sequence[str] | None = None) -> Balancer:
+    """Balancer `name` for these tasks; `task_kinds` ("binary" | "regression" per task, default all binary)."""
+    validated = balancer_params(name, params)  # unknown names and keys fail here, with close matches
+    return BALANCERS[name](task_names, validated, task_kinds=task_kinds)

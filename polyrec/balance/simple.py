@@ -11,7 +11,7 @@ from polyrec.balance.base import Balancer, BalancerParams, register_balancer
 from polyrec.errors import PolyrecError
 
 
-def _total(losses: torch.Tensor, weights: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+def weighted_total(losses: torch.Tensor, weights: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
     total = (losses * weights).sum()
     return total + extra if extra is not None else total
 
@@ -21,7 +21,7 @@ class SumBalancer(Balancer):
     """L = sum_t L_t: every task weighted 1 (no averaging, so adding a task does not rescale others)."""
 
     def backward(self, losses, extra, shared: Sequence[nn.Parameter]) -> torch.Tensor:
-        total = _total(losses, self.weights.to(losses), extra)
+        total = weighted_total(losses, self.weights.to(losses), extra)
         total.backward()
         return total.detach()
 
@@ -36,14 +36,14 @@ class FixedBalancer(Balancer):
 
     Params = FixedParams
 
-    def __init__(self, task_names, params: FixedParams) -> None:
-        super().__init__(task_names, params)
+    def __init__(self, task_names, params: FixedParams, task_kinds=None) -> None:
+        super().__init__(task_names, params, task_kinds)
         unknown = sorted(set(params.weights) - set(task_names))
         if unknown:
             raise PolyrecError(f"fixed balancer weights name unknown tasks {unknown}; tasks are {task_names}")
         self.weights = torch.tensor([params.weights.get(t, 1.0) for t in task_names], dtype=torch.float32)
 
     def backward(self, losses, extra, shared) -> torch.Tensor:
-        total = _total(losses, self.weights.to(losses), extra)
+        total = weighted_total(losses, self.weights.to(losses), extra)
         total.backward()
         return total.detach()

@@ -9,6 +9,7 @@ Run folder layout:
   metrics.json      final metrics of the best weights on validation and test
   gates.json        mean gate weight per (scenario, gate, expert) on test, for expert models
   model.safetensors best weights;  checkpoint.pt  last epoch's full state (for --resume)
+  tensorboard/      TensorBoard event files (train.tensorboard; see polyrec.train.tracking)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from polyrec.models.base import MultiTaskModel
 from polyrec.recipes.prepare import PreparedData, describe, prepare
 from polyrec.train.checkpoint import load_weights
 from polyrec.train.gates import gate_summary
+from polyrec.train.tracking import chain_callbacks, make_tracker
 from polyrec.train.trainer import CHECKPOINT, WEIGHTS, Trainer, evaluate_table
 from polyrec.utils.io import atomic_write_text
 
@@ -68,7 +70,9 @@ def validate_config(cfg: RunConfig) -> None:
 
 def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
               progress_factory: Callable[[int], Any] | None = None, download: bool = True,
-              epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> RunResult:
+              epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+              evaluate_test: bool = True) -> RunResult:
+    """`evaluate_test=False` (tuning trials) never builds or scores the test split: metrics.json holds val only."""
     run_dir = Path(run_dir)
     validate_config(cfg)
     if resume:
@@ -98,11 +102,16 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
             "dataset": data.dataset, "cache_entry": data.entry.name}, indent=1))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}")
-    tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items()}
+    tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items() if evaluate_test or k != "test"}
     trainer = Trainer(model, cfg.train, balancer, run_dir, log)
+    tracker = make_tracker(cfg, run_dir, log, resume=resume)
     t0 = time.perf_counter()
-    fit = trainer.fit(tables["train"], tables["val"], spec.scenario_names, resume=resume,
-                      progress_factory=progress_factory, epoch_callback=epoch_callback)
+    try:
+        fit = trainer.fit(tables["train"], tables["val"], spec.scenario_names, resume=resume,
+                          progress_factory=progress_factory, epoch_callback=chain_callbacks(tracker, epoch_callback))
+    finally:
+        if tracker is not None:
+            tracker.close()
     metrics = {split: evaluate_table(model, tables[split], cfg.train.eval_batch_size, spec.scenario_names)
                for split in ("val", "test") if split in tables}
     result = {
@@ -114,7 +123,8 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
         "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
         **metrics,
     }
-    gates = gate_summary(model, tables["test"], spec.scenario_names, cfg.train.eval_batch_size)
+    gates = (gate_summary(model, tables["test"], spec.scenario_names, cfg.train.eval_batch_size)
+             if "test" in tables else None)
     if gates:
         atomic_write_text(run_dir / "gates.json", json.dumps(gates))
     atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))

@@ -1,0 +1,8 @@
+"""Benchmarks: run grids of models x datasets x seeds, aggregate them, and report.
+
+  spec.py       rows (model[key=value] ablations, named VARIANTS, optimiser studies), experiment YAML
+  runner.py     `polyrec bench`: one ordinary run folder per (dataset, row, seed); resumable; failures isolated
+  aggregate.py  results.json / results.csv / results-per-seed.csv / results.md from the run folders
+  stats.py      mean ± std over seeds, paired t-test and Wilcoxon signed-rank test between rows
+  report.py     report.html (figures), when available
+"""

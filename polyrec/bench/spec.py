@@ -1,0 +1,564 @@
+"""What a benchmark runs: datasets x rows x seeds, resolved into one RunConfig per run.
+
+Rows
+  A row is a model with settings; its label is the text as written. Three ways to write one:
+
+  * ``mmoe`` or ``mmoe[n_experts=8,expert_dims=[64,32]]``: a registered model, with model parameters in
+    brackets (values are YAML; keys with a dot, ``mmoe[train.lr=0.01]``, are any config override);
+  * a named variant from ``VARIANTS`` (``label -> (model, params)``), optionally with brackets too;
+  * in an experiment YAML: ``{label: mmoe-8, model: mmoe, params: {...}, set: {model.n_experts: 8, train.lr: 0.002}}``.
+
+  ``--optimizers sgd,adam[lr=0.003]`` multiplies the rows: row ``mmoe`` becomes ``mmoe/sgd`` and
+  ``mmoe/adam[lr=0.003]`` with ``train.optimizer`` (and the bracketed ``train.*`` keys) set.
+
+Experiment YAML (every key optional except datasets and rows, which the command line may give)::
+
+    name: my-study
+    datasets: [movielens-100k, movielens-1m]
+    seeds: 5                 # seeds 0..4, or an explicit list [0, 1, 7]
+    config: base.yaml        # a run config file (relative to this YAML), merged under `base`
+    base: {data: {...}, model: {...}, train: {...}}
+    set: {train.epochs: 5}   # or a list ["train.epochs=5"]
+    dataset_set: {movielens-1m: {train.lr: 0.002}}
+    rows: [mmoe, "ple[n_shared=2]", {label: mmoe-8, model: mmoe, set: {model.n_experts: 8}}]
+    optimizers: [sgd, adam]
+
+Precedence, lowest first: config files and ``base``; ``set`` and ``--set``; ``dataset_set`` of the run's
+dataset; the row (model, params, set); the optimiser; ``train.seed`` = the seed. Model parameters from the
+first three levels apply to a row only when its model has that parameter (so ``--set model.dropout=0.1``
+reaches every model and ``--set model.n_experts=8`` only the expert models); an explicitly set parameter
+that no row's model has is an error. ``data.split_seed`` is left unset, so the split follows the seed:
+the same seed gives every row the same split and initialisation, which is what pairs the seeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from polyrec.config import DataConfig, RunConfig, TrainConfig, load_config
+from polyrec.errors import PolyrecError, close_matches
+
+# Named rows: label -> (model, params). E.g. "sapenet-no-attention": ("sapenet", {"attention": False}).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {}
+
+SECTIONS = ("data", "model", "train")
+EXPERIMENT_KEYS = ("name", "datasets", "seeds", "config", "base", "set", "dataset_set", "rows", "optimizers")
+ROW_KEYS = ("label", "model", "params", "set")
+_NAME = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\[(.*)\])?\s*$", re.DOTALL)
+
+
+# --- small parsers ------------------------------------------------------------------------------------
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets, braces and quotes: 'a[x=1,y=[2,3]],b' -> ['a[x=1,y=[2,3]]', 'b']."""
+    parts, depth, quote, cur = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+            if depth < 0:
+                raise PolyrecError(f"Unbalanced brackets in {text!r}.")
+        elif ch == sep and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    if depth != 0 or quote:
+        raise PolyrecError(f"Unbalanced brackets or quotes in {text!r}.")
+    parts.append("".join(cur).strip())
+    return [p for p in parts if p]
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_bracket(text: str) -> tuple[str, dict[str, Any]]:
+    """'fdn[orthogonal=false, n=2]' -> ('fdn', {'orthogonal': False, 'n': 2}); values parsed as YAML."""
+    m = _NAME.match(text)
+    if not m:
+        raise PolyrecError(f"Cannot parse {text!r}: expected NAME or NAME[key=value,...], "
+                           "e.g. mmoe[n_experts=8,dropout=0.1].")
+    name, inner = m.group(1), m.group(2)
+    params: dict[str, Any] = {}
+    for item in split_top(inner or ""):
+        if "=" not in item:
+            raise PolyrecError(f"In {text!r}: {item!r} is not key=value.")
+        key, value = (s.strip() for s in item.split("=", 1))
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+            raise PolyrecError(f"In {text!r}: {key!r} is not a parameter name.")
+        if key in params:
+            raise PolyrecError(f"In {text!r}: {key!r} is given twice.")
+        params[key] = parse_value(value)
+    return name, params
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """5 or '5' -> [0..4]; '0,3,7' or [0, 3, 7] -> that list."""
+    if isinstance(value, bool):
+        raise PolyrecError(f"seeds must be a count or a list of integers, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if "," in text:
+            value = [parse_value(s) for s in split_top(text)]
+        else:
+            value = parse_value(text)
+    if isinstance(value, int):
+        if value < 1:
+            raise PolyrecError(f"--seeds N needs N >= 1, got {value}.")
+        return list(range(value))
+    if isinstance(value, (list, tuple)) and value and all(isinstance(s, int) and not isinstance(s, bool)
+                                                          for s in value):
+        if len(set(value)) != len(value):
+            raise PolyrecError(f"Seeds repeat in {list(value)}.")
+        return [int(s) for s in value]
+    raise PolyrecError(f"seeds must be a count N (seeds 0..N-1) or a list of integers, got {value!r}.")
+
+
+def parse_assignments(items: Any, where: str) -> dict[str, Any]:
+    """['train.lr=0.01', ...] or {'train.lr': 0.01} -> {'train.lr': 0.01} (later wins)."""
+    if items is None:
+        return {}
+    if isinstance(items, dict):
+        out = {str(k): v for k, v in items.items()}
+    elif isinstance(items, (list, tuple)):
+        out = {}
+        for a in items:
+            if not isinstance(a, str) or "=" not in a:
+                raise PolyrecError(f"{where}: expected key=value, got {a!r}.")
+            k, v = a.split("=", 1)
+            out[k.strip()] = parse_value(v)
+    else:
+        raise PolyrecError(f"{where}: expected a mapping of key: value or a list of key=value, got {items!r}.")
+    for key in out:
+        check_key(key, where)
+    return out
+
+
+def check_key(key: str, where: str) -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise PolyrecError(f"{where}: key {key!r} must name a section and a key, e.g. train.lr or model.n_experts.")
+    if parts[0] not in SECTIONS:
+        raise PolyrecError(f"{where}: unknown config section {parts[0]!r} in {key!r}."
+                           f"{close_matches(parts[0], SECTIONS)} Sections: {', '.join(SECTIONS)}.")
+    fields = {"data": DataConfig.model_fields, "train": TrainConfig.model_fields}.get(parts[0])
+    if fields is not None and parts[1] not in fields:
+        raise PolyrecError(f"{where}: unknown key {key!r}.{close_matches(parts[1], fields)}")
+    if key in ("train.seed", "data.dataset"):
+        raise PolyrecError(f"{where}: {key} is set by the bench itself (--seeds / --dataset); leave it out.")
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def model_fields(model: str) -> dict[str, Any]:
+    from polyrec.models.base import get_model_class
+
+    return dict(get_model_class(model).Params.model_fields)
+
+
+def optimizer_names() -> tuple[str, ...]:
+    return get_args(TrainConfig.model_fields["optimizer"].annotation)
+
+
+def safe_name(label: str) -> str:
+    """A folder name for a label: 'mmoe/adam' -> 'mmoe__adam', 'fdn[orthogonal=false]' -> 'fdn__orthogonal=false'."""
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "__", label).strip("_")
+    if not slug or slug.startswith("."):
+        slug = "row" + slug
+    return slug[:120]
+
+
+# --- rows ---------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)  # model parameters (checked by name)
+    set: dict[str, Any] = field(default_factory=dict)  # other dotted overrides (data.*, train.*, model.embed_dim)
+    optimizer: str | None = None  # set by --optimizers
+    source: str | None = None  # the text as written
+
+    @property
+    def folder(self) -> str:
+        return safe_name(self.label)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "model": self.model}
+        if self.params:
+            out["params"] = self.params
+        if self.set:
+            out["set"] = self.set
+        if self.optimizer:
+            out["optimizer"] = self.optimizer
+        out["folder"] = self.folder
+        return out
+
+
+def _resolve_model(name: str, where: str) -> tuple[str, dict[str, Any]]:
+    from polyrec.models.base import MODELS, get_model_class
+
+    if name in VARIANTS:
+        model, params = VARIANTS[name]
+        return model, dict(params)
+    get_model_class(name)  # registers the zoo
+    if name not in MODELS:
+        choices = sorted(set(MODELS) | set(VARIANTS))
+        raise PolyrecError(f"{where}: unknown model or variant {name!r}.{close_matches(name, choices)} "
+                           f"Available: {', '.join(choices)}.")
+    return name, {}
+
+
+def _split_params(params: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Bracket/`params` keys: bare ones are model parameters, dotted ones are config overrides."""
+    model_params, sets = {}, {}
+    for k, v in params.items():
+        if "." in k:
+            sets[k] = v
+        else:
+            model_params[k] = v
+    return model_params, sets
+
+
+def make_row(label: str, model_text: str, params: dict[str, Any] | None = None,
+             sets: dict[str, Any] | None = None, source: str | None = None) -> Row:
+    where = f"row {label!r}"
+    name, bracket = parse_bracket(model_text)
+    model, base_params = _resolve_model(name, where)
+    b_params, b_sets = _split_params(bracket, where)
+    p_params, p_sets = _split_params(dict(params or {}), where)
+    all_sets = {**b_sets, **p_sets, **parse_assignments(sets, where)}
+    for k in list(all_sets):
+        check_key(k, where)
+        if k.startswith("model."):
+            sub = k.split(".", 1)[1]
+            if sub == "name":
+                raise PolyrecError(f"{where}: set the model with `model:`, not model.name.")
+            if sub != "embed_dim":
+                if "." in sub:
+                    raise PolyrecError(f"{where}: {k!r} is not a model parameter name.")
+                p_params[sub] = all_sets.pop(k)
+    merged = {**base_params, **b_params, **p_params}
+    fields = model_fields(model)
+    for k in merged:
+        if k not in fields:
+            raise PolyrecError(f"{where}: unknown parameter {k!r} for model {model!r}.{close_matches(k, fields)} "
+                               f"Parameters: {', '.join(fields)}.")
+    return Row(label, model, merged, all_sets, None, source if source is not None else label)
+
+
+def parse_row(item: Any) -> Row:
+    """A row from '--models' text ('mmoe[n_experts=8]') or an experiment YAML entry (str or mapping)."""
+    if isinstance(item, str):
+        return make_row(item.strip(), item)
+    if isinstance(item, dict):
+        unknown = [k for k in item if k not in ROW_KEYS]
+        if unknown:
+            raise PolyrecError(f"Unknown key(s) {unknown} in row {item!r}.{close_matches(str(unknown[0]), ROW_KEYS)}"
+                               f" Row keys: {', '.join(ROW_KEYS)}.")
+        if "model" not in item:
+            raise PolyrecError(f"Row {item!r} needs a `model:`.")
+        model_text = str(item["model"])
+        label = str(item.get("label") or model_text)
+        params = item.get("params") or {}
+        if not isinstance(params, dict):
+            raise PolyrecError(f"row {label!r}: params must be a mapping.")
+        return make_row(label, model_text, params, item.get("set"), source=None)
+    raise PolyrecError(f"A row must be a model name or a mapping with label/model/params/set, got {item!r}.")
+
+
+def parse_optimizer(text: str) -> tuple[str, dict[str, Any]]:
+    """'sgd[lr=0.05,momentum=0.9]' -> ('sgd', {'train.lr': 0.05, 'train.momentum': 0.9})."""
+    name, params = parse_bracket(str(text))
+    names = optimizer_names()
+    if name not in names:
+        raise PolyrecError(f"Unknown optimizer {name!r}.{close_matches(name, names)} Available: {', '.join(names)}.")
+    sets = {}
+    for k, v in params.items():
+        key = k if "." in k else f"train.{k}"
+        check_key(key, f"optimizer {text!r}")
+        sets[key] = v
+    return name, sets
+
+
+def expand_optimizers(rows: list[Row], optimizers: list[str]) -> list[Row]:
+    if not optimizers:
+        return rows
+    out = []
+    for row in rows:
+        for text in optimizers:
+            name, sets = parse_optimizer(text)
+            out.append(Row(f"{row.label}/{text}", row.model, dict(row.params),
+                           {**row.set, "train.optimizer": name, **sets}, name, row.source))
+    return out
+
+
+# --- the experiment -----------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    datasets: list[str]
+    seeds: list[int]
+    rows: list[Row]
+    base: dict[str, Any] = field(default_factory=dict)  # config files + `base`, merged
+    overrides: dict[str, Any] = field(default_factory=dict)  # `set` + --set
+    dataset_set: dict[str, dict[str, Any]] = field(default_factory=dict)
+    optimizers: list[str] = field(default_factory=list)
+    name: str | None = None
+    config_files: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def config_for(self, dataset: str, row: Row, seed: int) -> RunConfig:
+        return load_config(base=self.raw_for(dataset, row, seed))
+
+    def raw_for(self, dataset: str, row: Row, seed: int) -> dict[str, Any]:
+        raw = copy.deepcopy(self.base)
+        for k, v in self.overrides.items():
+            set_dotted(raw, k, v)
+        set_dotted(raw, "data.dataset", dataset)
+        for k, v in self.dataset_set.get(dataset, {}).items():
+            set_dotted(raw, k, v)
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        fields = model_fields(row.model)
+        kept = {k: v for k, v in model.items() if k in fields}
+        raw["model"] = {"name": row.model, **({"embed_dim": model["embed_dim"]} if "embed_dim" in model else {}),
+                        **kept, **copy.deepcopy(row.params)}
+        for k, v in row.set.items():
+            set_dotted(raw, k, v)
+        set_dotted(raw, "train.seed", seed)
+        return raw
+
+    def dropped_params(self, dataset: str, row: Row) -> list[str]:
+        """Shared model parameters (base/--set/dataset_set) that this row's model does not have."""
+        raw = copy.deepcopy(self.base)
+        for k, v in self.overrides.items():
+            set_dotted(raw, k, v)
+        for k, v in self.dataset_set.get(dataset, {}).items():
+            set_dotted(raw, k, v)
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        fields = model_fields(row.model)
+        return [k for k in model if k not in ("name", "embed_dim") and k not in fields and k not in row.params]
+
+    def validate(self) -> None:
+        """Fail before any training on: unknown datasets, explicit model parameters no row's model has,
+        duplicate labels or folders, and any config the schema rejects. (Parameter *values* are checked
+        by each run, so one bad row becomes a failed run, not a failed bench.)"""
+        from polyrec.recipes.prepare import get_recipe
+
+        if not self.datasets:
+            raise PolyrecError("No datasets: give --dataset NAME[,NAME] or `datasets:` in the experiment.")
+        if not self.rows:
+            raise PolyrecError("No rows: give --models a,b,c or `rows:` in the experiment.")
+        for ds in self.datasets:
+            get_recipe(ds)
+        for ds in self.dataset_set:  # a dataset the bench does not run (e.g. --dataset narrowed it) is ignored
+            if ds not in self.datasets:
+                try:
+                    get_recipe(ds)
+                except PolyrecError as exc:
+                    raise PolyrecError(f"dataset_set: {exc}") from None
+        labels, folders = set(), {}
+        for row in self.rows:
+            if row.label in labels:
+                raise PolyrecError(f"Row label {row.label!r} appears twice; give one of them another label.")
+            labels.add(row.label)
+            if row.folder in folders:
+                raise PolyrecError(f"Rows {folders[row.folder]!r} and {row.label!r} would share the folder "
+                                   f"{row.folder!r}; relabel one of them.")
+            folders[row.folder] = row.label
+        explicit = {k.split(".", 1)[1] for k in self.overrides if k.startswith("model.")}
+        explicit |= {k.split(".", 1)[1] for d in self.dataset_set.values() for k in d if k.startswith("model.")}
+        explicit -= {"embed_dim"}
+        union: set[str] = set()
+        for row in self.rows:
+            union |= set(model_fields(row.model))
+        for k in sorted(explicit):
+            if k not in union:
+                raise PolyrecError(f"model.{k} is a parameter of none of the rows' models "
+                                   f"({', '.join(sorted({r.model for r in self.rows}))}).{close_matches(k, union)}")
+        if "split_seed" in (self.base.get("data") or {}) and self.base["data"]["split_seed"] is not None \
+                or self.overrides.get("data.split_seed") is not None:
+            self.notes.append("data.split_seed is fixed: every seed uses the same split; seeds vary only the "
+                              "initialisation and the shuffling.")
+        for ds in self.datasets:
+            for row in self.rows:
+                dropped = self.dropped_params(ds, row)
+                if dropped:
+                    note = (f"row {row.label!r}: {', '.join('model.' + k for k in dropped)} not applied "
+                            f"({row.model} has no such parameter).")
+                    if note not in self.notes:
+                        self.notes.append(note)
+                self.config_for(ds, row, self.seeds[0])  # schema errors now, not after hours of training
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.name:
+            out["name"] = self.name
+        out["command"] = list(self.command)
+        out["datasets"] = list(self.datasets)
+        out["seeds"] = list(self.seeds)
+        if self.config_files:
+            out["config_files"] = list(self.config_files)
+        out["base"] = self.base
+        if self.overrides:
+            out["set"] = self.overrides
+        if self.dataset_set:
+            out["dataset_set"] = self.dataset_set
+        if self.optimizers:
+            out["optimizers"] = list(self.optimizers)
+        out["rows"] = [r.to_dict() for r in self.rows]
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def _load_yaml(path: Path, what: str) -> Any:
+    if not path.exists():
+        raise PolyrecError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PolyrecError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
+def _load_config_file(path: Path) -> dict[str, Any]:
+    loaded = _load_yaml(path, "Config file") or {}
+    if not isinstance(loaded, dict):
+        raise PolyrecError(f"Config file {path} must hold a mapping with sections data/model/train.")
+    return loaded
+
+
+def build_experiment(
+    experiment: str | Path | None = None,
+    datasets: str | None = None,
+    models: str | None = None,
+    seeds: str | int | None = None,
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    optimizers: str | None = None,
+    command: list[str] | None = None,
+    default_seeds: int = 5,
+) -> Experiment:
+    """The experiment from an optional YAML file and command-line options (which replace the YAML's
+    datasets/rows/seeds/optimizers when given; --config is merged over the YAML's config and base, and
+    --set over its `set`)."""
+    spec: dict[str, Any] = {}
+    yaml_dir = Path(".")
+    if experiment is not None:
+        path = Path(experiment)
+        spec = _load_yaml(path, "Experiment file") or {}
+        if not isinstance(spec, dict):
+            raise PolyrecError(f"Experiment file {path} must hold a mapping (datasets, seeds, rows, ...).")
+        unknown = [k for k in spec if k not in EXPERIMENT_KEYS]
+        if unknown:
+            raise PolyrecError(f"Unknown key {unknown[0]!r} in experiment file {path}."
+                               f"{close_matches(str(unknown[0]), EXPERIMENT_KEYS)} Keys: {', '.join(EXPERIMENT_KEYS)}.")
+        yaml_dir = path.parent
+
+    ds_value = datasets if datasets is not None else spec.get("datasets")
+    if isinstance(ds_value, str):
+        ds_list = split_top(ds_value)
+    elif isinstance(ds_value, (list, tuple)):
+        ds_list = [str(d) for d in ds_value]
+    elif ds_value is None:
+        ds_list = []
+    else:
+        raise PolyrecError(f"datasets must be a list of names, got {ds_value!r}.")
+
+    if models is not None:
+        rows = [parse_row(t) for t in split_top(models)]
+    else:
+        raw_rows = spec.get("rows") or []
+        if not isinstance(raw_rows, list):
+            raise PolyrecError("`rows:` must be a list of model names or {label, model, params, set} mappings.")
+        rows = [parse_row(r) for r in raw_rows]
+
+    if seeds is not None:
+        seed_list = parse_seeds(seeds)
+    elif spec.get("seeds") is not None:
+        seed_list = parse_seeds(spec["seeds"])
+    else:
+        seed_list = list(range(default_seeds))
+
+    opt_value = optimizers if optimizers is not None else spec.get("optimizers")
+    if isinstance(opt_value, str):
+        opt_list = split_top(opt_value)
+    elif isinstance(opt_value, (list, tuple)):
+        opt_list = [str(o) for o in opt_value]
+    elif opt_value is None:
+        opt_list = []
+    else:
+        raise PolyrecError(f"optimizers must be a list, got {opt_value!r}.")
+    for o in opt_list:
+        parse_optimizer(o)
+
+    base: dict[str, Any] = {}
+    files: list[str] = []
+    if spec.get("config") is not None:
+        p = Path(spec["config"])
+        p = p if p.is_absolute() else yaml_dir / p
+        base = _merge(base, _load_config_file(p))
+        files.append(str(p))
+    if spec.get("base") is not None:
+        if not isinstance(spec["base"], dict):
+            raise PolyrecError("`base:` must be a mapping with sections data/model/train.")
+        base = _merge(base, spec["base"])
+    if config is not None:
+        base = _merge(base, _load_config_file(Path(config)))
+        files.append(str(config))
+    for k in base:
+        if k not in SECTIONS:
+            raise PolyrecError(f"Unknown config section {k!r} in the base config.{close_matches(str(k), SECTIONS)}")
+    if isinstance(base.get("data"), dict):
+        base["data"].pop("dataset", None)  # the bench's datasets decide
+    if isinstance(base.get("train"), dict):
+        base["train"].pop("seed", None)  # the bench's seeds decide
+    if isinstance(base.get("model"), dict) and "name" in base["model"]:
+        base["model"].pop("name")  # the rows decide
+
+    sets = {**parse_assignments(spec.get("set"), "set"), **parse_assignments(list(overrides or []), "--set")}
+    for k in list(sets):
+        if k == "model.name":
+            raise PolyrecError("--set model.name: the rows (--models) decide the model.")
+    dataset_set_raw = spec.get("dataset_set") or {}
+    if not isinstance(dataset_set_raw, dict):
+        raise PolyrecError("`dataset_set:` must map dataset names to overrides.")
+    dataset_set = {str(ds): parse_assignments(v, f"dataset_set[{ds}]") for ds, v in dataset_set_raw.items()}
+
+    exp = Experiment(
+        datasets=ds_list, seeds=seed_list, rows=expand_optimizers(rows, opt_list), base=base, overrides=sets,
+        dataset_set=dataset_set, optimizers=opt_list, name=spec.get("name"), config_files=files,
+        command=list(command or []),
+    )
+    exp.validate()
+    return exp
