@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_batch, make_spec, take
+from helpers import make_batch, make_spec, splice, take
 from polyrec.data.batching import Batch
 from polyrec.errors import PolyrecError
 from polyrec.layers.scenario import PartitionedNorm, scenario_matmul
@@ -32,6 +32,12 @@ def _build(name, spec=None, seed=0, **params):
 def _with_scenario(batch: Batch, scenario: torch.Tensor) -> Batch:
     """The same rows with other scenario ids (features, the scenario feature column included, unchanged)."""
     return Batch(batch.categorical, batch.numeric, batch.sequences, scenario)
+
+
+def _rows(batch: Batch, idx: list[int]) -> Batch:
+    i = torch.tensor(idx)
+    return Batch(batch.categorical[i], batch.numeric[i], {k: v[i] for k, v in batch.sequences.items()},
+                 batch.scenario[i])
 
 
 def _loss(model, batch, labels):
@@ -109,9 +115,7 @@ def test_eval_output_ignores_the_rest_of_the_batch_and_its_scenarios(name):
         alone = model(take(a, slice(0, 1)))
         # row 0 (scenario 1) next to rows of other scenarios only
         others = model(take(a, slice(8, 16)))
-        mixed = model(Batch(torch.cat([a.categorical[:1], a.categorical[8:]]), torch.cat([a.numeric[:1], a.numeric[8:]]),
-                            {k: torch.cat([v[:1], v[8:]]) for k, v in a.sequences.items()},
-                            torch.cat([a.scenario[:1], a.scenario[8:]])))
+        mixed = model(_rows(a, [0, *range(8, 16)]))
     torch.testing.assert_close(alone[0], full[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(mixed[0], full[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(mixed[1:], others, atol=1e-5, rtol=0)
@@ -357,9 +361,7 @@ def test_m2m_meta_attention_is_a_softmax_over_the_samples_own_experts():
     with torch.no_grad():
         model(a)
         wa = model._gates["meta_attention"]
-        model(Batch(torch.cat([a.categorical[:1], b.categorical[1:]]), torch.cat([a.numeric[:1], b.numeric[1:]]),
-                    {k: torch.cat([v[:1], b.sequences[k][1:]]) for k, v in a.sequences.items()},
-                    torch.cat([a.scenario[:1], b.scenario[1:]])))
+        model(splice(a, b, [0]))  # b, except row 0 from a
         wmix = model._gates["meta_attention"]
     model._gates = None
     assert wa.shape == (12, 2, model.params.n_experts)

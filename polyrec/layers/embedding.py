@@ -37,7 +37,8 @@ class InputEmbedding(nn.Module):
     each numeric value (value x a learned vector, only in `fields`; `flat` appends raw values).
     """
 
-    def __init__(self, spec: ModelSpec, dim: int, sparse: bool = False) -> None:
+    def __init__(self, spec: ModelSpec, dim: int, sparse: bool = False, numeric_fields: bool = True) -> None:
+        """`numeric_fields=False` for models that only call `flat`: no unused numeric vectors."""
         super().__init__()
         self.spec = spec
         self.n_cat = len(spec.vocab_sizes)
@@ -46,7 +47,8 @@ class InputEmbedding(nn.Module):
             spec.vocab_sizes + [spec.sequence_vocab[s] for s in self.seq_names], dim, sparse=sparse
         )
         self.n_num = len(spec.numeric_fields)
-        self.numeric_vectors = nn.Parameter(torch.randn(self.n_num, dim) * 0.01) if self.n_num else None
+        self.numeric_vectors = (nn.Parameter(torch.randn(self.n_num, dim) * 0.01)
+                                if self.n_num and numeric_fields else None)
         self.dim = dim
         self.n_fields = self.n_cat + len(self.seq_names) + self.n_num
         self.flat_dim = (self.n_cat + len(self.seq_names)) * dim + self.n_num
@@ -70,6 +72,8 @@ class InputEmbedding(nn.Module):
         """[B, F, d]: one vector per field, numeric fields included (for attention/FM-style models)."""
         out = self._id_fields(batch)
         if self.n_num:
+            if self.numeric_vectors is None:
+                raise RuntimeError("InputEmbedding built with numeric_fields=False cannot produce field vectors")
             out = torch.cat([out, batch.numeric.unsqueeze(-1) * self.numeric_vectors], dim=1)
         return out
 

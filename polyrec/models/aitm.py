@@ -73,7 +73,7 @@ class AITM(MultiTaskModel):
         if len(set(order)) != len(order) or len(order) < 2:
             raise PolyrecError(f"AITM needs a funnel of at least two distinct binary tasks; got {order}.")
         self.chain = [names.index(t) for t in order]  # funnel position -> task column
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)
         self.towers = ParallelMLP(self.n_tasks, self.embedding.flat_dim, p.tower_dims, None, p.dropout,
                                   p.activation, p.batch_norm)
         d = self.towers.out_dim

@@ -67,7 +67,7 @@ class ESMM(MultiTaskModel):
         heads.append(Head(f"{ctcvr}_cvr_on_{ctr}", ctcvr, "binary", space=ctr, train=False))
         self.heads = heads
         p = params
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)
         # one tower per task; the ctcvr task's tower is the CVR tower
         self.towers = ParallelMLP(self.n_tasks, self.embedding.flat_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)

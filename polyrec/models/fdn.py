@@ -65,7 +65,7 @@ class FDN(MultiTaskModel):
         super().__init__(spec, embed_dim, params)
         p, t, m = params, self.n_tasks, params.n_pairs
         mlp = dict(dims=p.expert_dims, dropout=p.dropout, act=p.activation, batch_norm=p.batch_norm)
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)
         self.shared_extractors = ParallelMLP(m, self.embedding.flat_dim, **mlp)  # f_s^m
         self.task_extractors = ParallelMLP(t * m, self.embedding.flat_dim, **mlp)  # f_p^{k,m}, k-major
         d = self.shared_extractors.out_dim

@@ -53,7 +53,7 @@ class M2M(MultiTaskModel):
     def __init__(self, spec, embed_dim, params: M2MParams) -> None:
         super().__init__(spec, embed_dim, params)
         p, d, n_t = params, embed_dim, self.n_tasks
-        self.embedding = InputEmbedding(spec, d)
+        self.embedding = InputEmbedding(spec, d, numeric_fields=False)
         self.scenario_emb = nn.Parameter(torch.randn(spec.n_scenarios, d))
         self.task_emb = nn.Parameter(torch.randn(n_t, d))
         self.experts = ParallelMLP(p.n_experts, self.embedding.flat_dim, p.expert_dims, None, p.dropout,
@@ -82,6 +82,3 @@ class M2M(MultiTaskModel):
             h = h + self.dropout(self.act(layer(h, self.scenario_emb, s)))
         return self.towers_out(h).squeeze(-1)
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """The default (all but towers and task_*), less the numeric field vectors flat() never uses."""
-        return [p for p in super().shared_parameters() if p is not self.embedding.numeric_vectors]

@@ -29,7 +29,7 @@ class MMoE(MultiTaskModel):
     def __init__(self, spec, embed_dim, params: MMoEParams) -> None:
         super().__init__(spec, embed_dim, params)
         p = params
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)
         d_in = self.embedding.flat_dim
         self.experts = ParallelMLP(p.n_experts, d_in, p.expert_dims, None, p.dropout, p.activation, p.batch_norm)
         self.task_gates = nn.Linear(d_in, self.n_tasks * p.n_experts)

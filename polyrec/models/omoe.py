@@ -31,7 +31,7 @@ class OMoE(MultiTaskModel):
     def __init__(self, spec, embed_dim, params: OMoEParams) -> None:
         super().__init__(spec, embed_dim, params)
         p = params
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)
         d_in = self.embedding.flat_dim
         self.experts = ParallelMLP(p.n_experts, d_in, p.expert_dims, None, p.dropout, p.activation, p.batch_norm)
         self.gate = nn.Linear(d_in, p.n_experts)  # the one gate

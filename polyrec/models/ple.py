@@ -70,7 +70,7 @@ class PLE(MultiTaskModel):
     def __init__(self, spec, embed_dim, params: PLEParams) -> None:
         super().__init__(spec, embed_dim, params)
         p = params
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)
         levels, d_in = [], self.embedding.flat_dim
         for i in range(p.n_levels):
             levels.append(CGCLevel(self.n_tasks, d_in, p, last=i == p.n_levels - 1))

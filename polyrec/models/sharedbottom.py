@@ -22,7 +22,7 @@ class SharedBottom(MultiTaskModel):
     def __init__(self, spec, embed_dim, params: SharedBottomParams) -> None:
         super().__init__(spec, embed_dim, params)
         p = params
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)
         self.bottom = MLP(self.embedding.flat_dim, p.bottom_dims, None, p.dropout, p.activation, p.batch_norm)
         self.towers = ParallelMLP(self.n_tasks, self.bottom.out_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)

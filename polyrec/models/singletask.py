@@ -25,7 +25,7 @@ class SingleTask(MultiTaskModel):
 
     def __init__(self, spec, embed_dim, params: SingleTaskParams) -> None:
         super().__init__(spec, embed_dim, params)
-        self.task_embeddings = nn.ModuleList(InputEmbedding(spec, embed_dim) for _ in spec.tasks)
+        self.task_embeddings = nn.ModuleList(InputEmbedding(spec, embed_dim, numeric_fields=False) for _ in spec.tasks)
         in_dim = self.task_embeddings[0].flat_dim
         self.towers = ParallelMLP(self.n_tasks, in_dim, params.hidden_dims, 1, params.dropout,
                                   params.activation, params.batch_norm)
