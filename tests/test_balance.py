@@ -370,9 +370,16 @@ def _model(model_name="mmoe", tasks=None, seed=0):
 def test_gradient_balancers_give_non_shared_parameters_their_ordinary_gradients(name):
     spec, model = _model()
     heads = HeadLosses(model.heads, spec.task_names)
-    batch, labels = make_batch(spec, 64, 1)
-    labels[:, 1] = 1 - labels[:, 0]  # opposed tasks: their shared gradients conflict
     shared = model.shared_parameters()
+    heads_ = HeadLosses(model.heads, spec.task_names)
+    for seed in range(20):  # the first batch on which the two tasks' shared gradients conflict
+        batch, labels = make_batch(spec, 64, seed)
+        labels[:, 1] = 1 - labels[:, 0]  # opposed tasks
+        losses = heads_(model(batch), labels)
+        g1, g2 = (torch.cat([x.reshape(-1) for x in torch.autograd.grad(losses[t], shared, retain_graph=True,
+                                                                        materialize_grads=True)]) for t in range(2))
+        if torch.dot(g1, g2) < 0:
+            break
     shared_ids = {id(p) for p in shared}
     model.zero_grad(set_to_none=True)
     build_balancer("sum", spec.task_names, {}).backward(heads(model(batch), labels), None, shared)

@@ -361,6 +361,13 @@ def test_shared_parameters():
         names = {n for n, p in model.named_parameters() if id(p) in shared}
         assert any(n.startswith("embedding") for n in names) and any(n.startswith("fusion") for n in names)
         assert not any(n.startswith(("towers", "pair_gates")) or "task_gates" in n for n in names)
+        spec = model.spec
+        batch, labels = make_batch(spec, 64, seed=15)
+        assert set(batch.scenario.tolist()) == set(range(spec.n_scenarios))
+        for t in range(model.n_tasks):  # every shared parameter is reached by every task's loss
+            model.zero_grad()
+            HeadLosses(model.heads, spec.task_names)(model(batch), labels)[t].backward()
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.shared_parameters()), t
 
 
 # --- the field self-attention layer ------------------------------------------------------------------

@@ -71,12 +71,19 @@ class GradNormBalancer(Balancer):
         new = ~self.seen & (loss > 0)
         self.initial = torch.where(new, loss, self.initial)
         self.seen = self.seen | new
-        layer = last_shared_layer(shared) if self.params.layer == "last" else trainable(shared)
-        raw_norms = task_gradients(losses, layer).norms().detach().float().cpu()  # ||grad_W L_t||
-
         weights = self.w.detach().clone()
         total = weighted_total(losses, weights.to(losses), extra)
-        total.backward()
+        if self.params.layer == "last":  # a short pass per task down to W, then the ordinary backward
+            raw_norms = task_gradients(losses, last_shared_layer(shared)).norms()
+            total.backward()
+        else:  # W = all shared parameters: the per-task passes also give every gradient of sum_t w_t L_t
+            with_extra = extra is not None and extra.requires_grad
+            rows = torch.cat([losses, extra.reshape(1)]) if with_extra else losses
+            coef = torch.cat([weights, torch.ones(1)]) if with_extra else weights
+            grads = task_gradients(rows, shared, rest_weights=coef.to(losses))
+            raw_norms = torch.linalg.vector_norm(grads.flat[:n], dim=1)
+            grads.write(coef.to(grads.flat) @ grads.flat)
+        raw_norms = raw_norms.detach().float().cpu()  # ||grad_W L_t||
         self.weights = weights
 
         present = self.seen & (loss > 0)

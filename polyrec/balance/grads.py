@@ -2,10 +2,10 @@
 
 `task_gradients(losses, params)` returns each task's gradient of some parameters (normally the
 model's shared ones) as one row of a [T, P] matrix, computed with `torch.autograd.grad(...,
-retain_graph=True)` so the caller can still run backward afterwards. `TaskGrads.write(vector)`
-puts a combined [P] gradient back into the parameters' `.grad`. `backward_others(total, shared)`
-gives every *other* parameter the loss reaches its ordinary gradient of `total`, without
-recomputing the shared part of the backward pass.
+retain_graph=True)`, one pass per task. `TaskGrads.write(vector)` puts a combined [P] gradient back
+into the parameters' `.grad`. With `rest_weights`, the same passes also give every *other*
+parameter the losses reach (towers, task experts, gates) its ordinary gradient, so a gradient-level
+balancer costs T backward passes in all, not T + 1.
 
 Sparse embedding gradients (`nn.Embedding(sparse=True)`, used with SparseAdam) stay cheap: a
 sparse parameter occupies only the rows that some task's gradient touches (the union of their row
@@ -70,20 +70,42 @@ def trainable(params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
     return [p for p in params if p.requires_grad]
 
 
-def task_gradients(losses: torch.Tensor, params: Sequence[nn.Parameter]) -> TaskGrads:
+def task_gradients(losses: torch.Tensor, params: Sequence[nn.Parameter],
+                   rest_weights: torch.Tensor | None = None) -> TaskGrads:
     """Each task's gradient of `params` (requires_grad ones only), flattened: rows of a [T, P] matrix.
 
-    The graph is retained. A parameter a task's loss does not reach gets a zero gradient for it,
-    and so does every parameter for a loss that has no graph at all (a task with no sample).
+    A parameter a task's loss does not reach gets a zero gradient for it, and so does every
+    parameter for a loss that has no graph at all (a task with no sample).
+
+    `rest_weights` None: the graph is retained (the caller runs its own backward afterwards).
+    `rest_weights` [T]: every *other* parameter the losses reach gets the gradient of
+    sum_t rest_weights[t] * losses[t] added to its .grad, taken from the same T backward passes
+    (no extra pass over the model, which matters when non-shared layers sit below shared ones, as
+    in PLE), and the graph is freed by the last pass.
     """
     params = trainable(params)
     n_tasks = losses.shape[0]
+    rest: list[torch.Tensor] = []
+    if rest_weights is not None and losses.requires_grad:
+        skip = {id(p) for p in params}
+        rest = [p for p in leaf_parameters(losses) if id(p) not in skip]
+    rest_sum: list[torch.Tensor | None] = [None] * len(rest)
+    inputs = params + rest
     per_task: list[Sequence[torch.Tensor | None]] = []
     for t in range(n_tasks):
-        if losses.requires_grad and params:
-            per_task.append(torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True))
-        else:
+        if not (losses.requires_grad and inputs):
             per_task.append([None] * len(params))
+            continue
+        retain = rest_weights is None or t < n_tasks - 1
+        out = torch.autograd.grad(losses[t], inputs, retain_graph=retain, allow_unused=True)
+        per_task.append(out[:len(params)])
+        for k, g in enumerate(out[len(params):]):
+            if g is not None:
+                g = g * rest_weights[t].to(g.dtype)
+                rest_sum[k] = g if rest_sum[k] is None else rest_sum[k] + g
+    for p, g in zip(rest, rest_sum):
+        if g is not None:
+            p.grad = g if p.grad is None else p.grad + g
     sizes: list[int] = []
     rows: list[torch.Tensor | None] = []
     blocks: list[list[torch.Tensor | None]] = []  # per parameter: per task [n] (None = zero)
@@ -138,16 +160,6 @@ def leaf_parameters(root: torch.Tensor) -> list[torch.Tensor]:
         else:
             stack.extend(nxt for nxt, _ in fn.next_functions)
     return out
-
-
-def backward_others(total: torch.Tensor, shared: Sequence[nn.Parameter]) -> None:
-    """Ordinary gradients of `total` for every parameter it reaches except `shared` (frees the graph)."""
-    if not total.requires_grad:
-        return
-    skip = {id(p) for p in shared}
-    others = [p for p in leaf_parameters(total) if id(p) not in skip]
-    if others:
-        torch.autograd.backward(total, inputs=others)
 
 
 def ratio(applied: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 from pydantic import Field
 
 from polyrec.balance.base import Balancer, BalancerParams, register_balancer
-from polyrec.balance.grads import EPS, backward_others, ratio, task_gradients
+from polyrec.balance.grads import EPS, ratio, task_gradients
 from polyrec.errors import PolyrecError, close_matches
 
 
@@ -72,7 +72,7 @@ class MetaBalanceBalancer(Balancer):
         if extra is not None:
             target_loss = target_loss + extra
         rows = torch.cat([target_loss.reshape(1), losses[self.aux_idx]])
-        grads = task_gradients(rows, shared)
+        grads = task_gradients(rows, shared, rest_weights=torch.ones(len(rows)))  # the rest: grad of the sum
         g = grads.flat  # [1 + A, P]
         if p.norm == "global":
             segments, norms = [slice(0, g.shape[1])], grads.norms().unsqueeze(1)
@@ -96,7 +96,6 @@ class MetaBalanceBalancer(Balancer):
         grads.write(g[0] + adapted.sum(0))
 
         total = losses.sum() + extra if extra is not None else losses.sum()
-        backward_others(total, grads.params)
         weights = torch.ones(len(self.task_names))
         weights[self.aux_idx] = ratio(torch.linalg.vector_norm(adapted, dim=1),
                                       torch.linalg.vector_norm(g[1:], dim=1)).float().cpu()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from polyrec.balance.base import Balancer, BalancerParams, register_balancer
-from polyrec.balance.grads import EPS, backward_others, ratio, task_gradients
+from polyrec.balance.grads import EPS, ratio, task_gradients
 
 
 class PCGradParams(BalancerParams):
@@ -59,7 +59,7 @@ class PCGradBalancer(Balancer):
         n = losses.shape[0]
         with_extra = extra is not None and extra.requires_grad
         rows = torch.cat([losses, extra.reshape(1)]) if with_extra else losses
-        grads = task_gradients(rows, shared)
+        grads = task_gradients(rows, shared, rest_weights=torch.ones(len(rows)))  # the rest: grad of the sum
         g = grads.flat[:n]
         projected = project_conflicts(g, self._orders(n))
         combined = projected.sum(0)
@@ -67,7 +67,6 @@ class PCGradBalancer(Balancer):
             combined = combined + grads.flat[n]
         grads.write(combined)
         total = losses.sum() + extra if extra is not None else losses.sum()
-        backward_others(total, grads.params)
         self.weights = ratio(torch.linalg.vector_norm(projected, dim=1), torch.linalg.vector_norm(g, dim=1)).cpu()
         return total.detach()
 

@@ -25,8 +25,9 @@ Choices where the paper is silent, or where polyrec departs from the authors' co
   they are ordinary parameters trained with the rest (the trainer has one optimiser).
 * With one real scenario (or one task) the "others" term is dropped: g_bar = lambda g.
 * The unknown-scenario slot 0 has its own STAR weights, scenario expert and towers, initialised
-  like the others; a sample of a scenario unseen in training uses them (its W_0 = ones keeps the
-  shared STAR weights; its towers are as trained as the unknown slot's samples make them). Slot 0
+  like the others; a sample of a scenario unseen in training uses them. W_0 = ones keeps the shared
+  STAR weights, but G_0 and the slot-0 towers learn only from training rows of unknown scenario
+  (normally none), so they stay near their random initialisation. Slot 0
   is not among the "others" of a real scenario (it has, normally, no training data); its own
   g_bar_0 mixes in the mean of all real scenarios' experts.
 * Gates read h* without the authors' `.detach()` (gradients from gates reach the trunk, as in
@@ -152,7 +153,7 @@ class M3oE(PairExpertModel):
     def __init__(self, spec, embed_dim, params: M3oEParams) -> None:
         super().__init__(spec, embed_dim, params)
         p = params
-        self.embedding = InputEmbedding(spec, embed_dim)
+        self.embedding = InputEmbedding(spec, embed_dim, numeric_fields=False)  # flat() only
         self.fusion = StarFusion(spec.n_scenarios, self.embedding.flat_dim, p.star_dim, p.fusion_dims,
                                  p.dropout, p.activation)
         d_h = self.fusion.out_dim

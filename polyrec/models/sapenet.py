@@ -19,8 +19,10 @@ Forward pass, step by step as in docs/specs/sapenet.md (s: the sample's scenario
     lambda = sigmoid(free parameter), the others term dropped when S = 1 or T = 1.
  6. f_{s,t} = h_t^PLE + alpha_s g_bar_s + alpha_t q_bar_t; logit_{s,t} = Tower_{s,t}(f_{s,t}).
     A sample of scenario s returns logit_{s,:} (all pairs computed, each sample gathers its own row:
-    the other scenarios' towers get no gradient from it). The loss (trainer) is the mean BCE per
-    task over the batch, summed over tasks; y_hat is sigmoid(logit) outside the model.
+    the other scenarios' towers get no gradient from it); y_hat = sigmoid(logit) outside the model.
+    Loss: the spec's is a BCE mean per (s, t) pair, summed over pairs; polyrec's trainer takes the
+    mean per task over the whole batch (scenarios pooled, i.e. pairs weighted by their share of the
+    batch, not equally), summed over tasks — a trainer matter, not the model's.
 
 Choices where the paper/spec is silent:
 * Fields: categorical ids, then sequences (masked mean of their token embeddings), then numeric
@@ -40,7 +42,8 @@ Choices where the paper/spec is silent:
   stays strictly in (0, 1) in float32. alpha is an unconstrained scalar starting at 1.0.
 * Scenario count in the balance: S counts the real scenarios. The unknown-scenario slot 0 (samples
   of scenarios unseen in training) has its own STAR W_0/b_0, expert G_0, lambda_0, alpha_0 and
-  towers, initialised like the others, and unseen scenarios are scored with them. Slot 0 is never
+  towers, initialised like the others, and unseen scenarios are scored with them (G_0 and the slot-0
+  towers learn only from training rows of unknown scenario, normally none). Slot 0 is never
   among the "others" of a real scenario; its own g_bar_0 mixes in the mean of all real scenarios'
   experts. With one real scenario (or one task) g_bar = lambda g (M3oE's code does the same).
 * Gates (PLE task gates, MMoE pair gates) are single linear maps of their input + softmax, per
