@@ -45,7 +45,11 @@ from polyrec.config import DataConfig, RunConfig, TrainConfig, load_config
 from polyrec.errors import PolyrecError, close_matches
 
 # Named rows: label -> (model, params). E.g. "sapenet-no-attention": ("sapenet", {"attention": False}).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {}
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # the SAPENet paper's ablations (../shared/docs/specs/sapenet.md)
+    "sapenet-no-attention": ("sapenet", {"attention": False}),
+    "sapenet-mmoe": ("sapenet", {"extraction": "mmoe"}),
+}
 
 SECTIONS = ("data", "model", "train")
 EXPERIMENT_KEYS = ("name", "datasets", "seeds", "config", "base", "set", "dataset_set", "rows", "optimizers")
