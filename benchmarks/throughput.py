@@ -67,9 +67,9 @@ How it is measured
     run (from /proc/stat minus its own CPU time). It also times a fixed fp32 GEMM at its start and
     end (the "probe"). Runs with others above ``--busy-threshold`` or a probe below 80% of the
     fastest are marked "!". Ratios whose cells had no clean run are marked "?".
-  - ``--wait-quiet S`` waits up to S seconds before each worker for the CPUs to go quiet.
-    ``--nice N`` runs the workers at priority N, where a negative value needs privileges. Neither
-    is used by default.
+  - ``--wait-quiet S`` waits up to S seconds before each worker for the CPUs to go quiet (off by
+    default). Raising the workers' priority does not help: with the kernel's session autogroups,
+    nice values do not outweigh other sessions' processes.
 * Before the training figures are read as polyrec's own overhead, compare polyrec with ``bare``. At
   these sizes the step is dominated by MMoE's first expert layer (fp32 GEMMs), so polyrec's
   ceiling is the bare loop, not torch-rechub.
@@ -79,7 +79,7 @@ is hard-coded.
 
 Usage:
   POLYREC_DATA=/path/to/data python benchmarks/throughput.py [--epochs 2] [--batch-sizes 1024,4096] \
-      [--threads 2] [--repeats 3] [--json-out results.json] [--skip-rechub] [--wait-quiet 60] [--nice -5]
+      [--threads 2] [--repeats 3] [--json-out results.json] [--skip-rechub] [--wait-quiet 60]
 """
 
 from __future__ import annotations
@@ -440,15 +440,8 @@ def _run_worker(kind: str, args, batch_size: int, tmp: Path, tag: str, env: dict
            "--epochs", str(args.epochs), "--threads", str(args.threads), "--lr", str(args.lr),
            "--seed", str(args.seed), "--infer-repeats", str(args.infer_repeats),
            "--npz", str(tmp / "census.npz"), "--result", str(out)]
-    def set_priority() -> None:  # runs in the child before exec: the worker's scheduling priority
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-        except OSError as exc:  # e.g. a negative value without the privilege
-            print(f"warning: could not set nice {args.nice}: {exc}", file=sys.stderr)
-
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                          preexec_fn=set_priority if args.nice else None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"worker {kind} (batch {batch_size}) failed with exit code {proc.returncode}")
@@ -519,9 +512,6 @@ def main(argv=None) -> int:
     p.add_argument("--busy-threshold", type=float, default=0.10,
                    help="share of the machine's CPU used by other processes above which a run is flagged "
                         "as disturbed (default 0.10)")
-    p.add_argument("--nice", type=int, default=0,
-                   help="scheduling priority (nice value) of the workers; a negative value (needs privileges) "
-                        "favours the benchmark over other processes on a shared machine. Default 0")
     p.add_argument("--json-out", help="write every figure (all runs, all details) to this file")
     p.add_argument("--skip-rechub", action="store_true", help="do not run torch-rechub")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with the npz and the workers' JSON")
@@ -587,7 +577,7 @@ def main(argv=None) -> int:
         payload = {"settings": {"dataset": DATASET, "model": MODEL, "epochs": args.epochs, "threads": args.threads,
                                 "lr": args.lr, "seed": args.seed, "batch_sizes": batch_sizes,
                                 "repeats": args.repeats, "infer_repeats": args.infer_repeats,
-                                "auc_tol": args.auc_tol, "nice": args.nice, "wait_quiet": args.wait_quiet,
+                                "auc_tol": args.auc_tol, "wait_quiet": args.wait_quiet,
                                 "aggregation": "throughputs best-of-N; RSS median"},
                    "environment": {"python": platform.python_version(), "machine": platform.machine(),
                                    "cpu_count": os.cpu_count(), "versions": report["versions"]},
@@ -613,8 +603,7 @@ def _report(args, export, results, batch_sizes, rechub_note, total_s) -> dict:
                  f"towers {MODEL['tower_dims']}->1, BN in experts+towers, Adam lr {args.lr}, no weight decay; "
                  f"{args.epochs} epoch(s), {args.threads} threads, seed {args.seed}")
     n = max(args.repeats, 1)
-    lines.append(f"throughputs: best of {n} interleaved run(s) per cell; peak RSS: median of the runs"
-                 + (f"; workers ran at nice {args.nice}" if args.nice else ""))
+    lines.append(f"throughputs: best of {n} interleaved run(s) per cell; peak RSS: median of the runs")
     lines.append("  train/s step = batch / median optimiser-step interval (robust to transient slowdowns); "
                  "loop = training loops' wall time; fit = whole fit() incl. per-epoch validation")
     lines.append("")
