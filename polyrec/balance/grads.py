@@ -91,6 +91,7 @@ def task_gradients(losses: torch.Tensor, params: Sequence[nn.Parameter],
         rest = [p for p in leaf_parameters(losses) if id(p) not in skip]
     rest_sum: list[torch.Tensor | None] = [None] * len(rest)
     inputs = params + rest
+    coefs = rest_weights.tolist() if rest_weights is not None else []
     per_task: list[Sequence[torch.Tensor | None]] = []
     for t in range(n_tasks):
         if not (losses.requires_grad and inputs):
@@ -101,7 +102,7 @@ def task_gradients(losses: torch.Tensor, params: Sequence[nn.Parameter],
         per_task.append(out[:len(params)])
         for k, g in enumerate(out[len(params):]):
             if g is not None:
-                g = g * rest_weights[t].to(g.dtype)
+                g = g if coefs[t] == 1.0 else g * coefs[t]
                 rest_sum[k] = g if rest_sum[k] is None else rest_sum[k] + g
     for p, g in zip(rest, rest_sum):
         if g is not None:
