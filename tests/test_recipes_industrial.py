@@ -9,7 +9,7 @@ import pytest
 
 from polyrec.config import DataConfig
 from polyrec.recipes import RECIPES, prepare
-from tests.helpers import require_dataset
+from helpers import require_dataset
 
 
 @pytest.mark.parametrize("name, tasks, scenario", [
