@@ -53,8 +53,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 class LearnedWeights(Balancer):
     """Uncertainty weighting (w_t = exp(-s_t), loss sum_t w_t L_t + s_t): task weights that move every step."""
 
-    def __init__(self, task_names, params) -> None:
-        super().__init__(task_names, params)
+    def __init__(self, task_names, params, task_kinds=None) -> None:
+        super().__init__(task_names, params, task_kinds)
         self.log_vars = nn.Parameter(torch.zeros(len(task_names)))
 
     def parameters(self) -> list[nn.Parameter]:

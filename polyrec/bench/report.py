@@ -620,8 +620,10 @@ def markdown_to_html(text: str) -> str:
     """
     from markdown_it import MarkdownIt
 
-    md = MarkdownIt("commonmark", {"html": True, "linkify": False}).enable("table")
-    return _shift_headings(md.render(text))
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+    # raw HTML stays text, except the aggregator's <u> for "second best"
+    html_text = md.render(text).replace("&lt;u&gt;", "<u>").replace("&lt;/u&gt;", "</u>")
+    return _shift_headings(html_text)
 
 
 def _shift_headings(fragment: str, by: int = 2) -> str:
