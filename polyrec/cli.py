@@ -58,6 +58,19 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
+def topk_table(metrics: dict[str, Any], title: str) -> Table:
+    """One row per (task, K): Recall, NDCG, HitRate, MRR (items ranked by the target task's score)."""
+    table = Table(title=title, title_justify="left")
+    for col in ("task", "users", "K", "Recall", "NDCG", "HitRate", "MRR"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, m in metrics["heads"].items():
+        ks = sorted({int(k.split("@")[1]) for k in m if "@" in k})
+        for k in ks:
+            table.add_row(task, str(int(m.get("users", 0))), str(k),
+                          *[_fmt(m[f"{name}@{k}"]) for name in ("recall", "ndcg", "hit", "mrr")])
+    return table
+
+
 def _progress_factory(enabled: bool):
     if not enabled or not console.is_terminal:
         return None
@@ -92,8 +105,11 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/DATASET-MODEL-TIME).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    topk: Annotated[bool, typer.Option("--topk", help="Top-K run: rank all items per user, Recall/NDCG@K "
+                                       "(same as a `topk:` config section; models mf, kgat, waata, or any "
+                                       "multi-task model).")] = False,
 ) -> None:
-    """Train a model and print per-(scenario, task) metrics on the test split."""
+    """Train a model and print per-(scenario, task) metrics on the test split (top-K metrics with --topk)."""
     from polyrec.config import load_config
     from polyrec.train.run import train_run
 
@@ -110,7 +126,7 @@ def train(
                            ("train.seed", seed), ("train.balance", balance)):
             if value is not None:
                 overrides.append(f"{key}={value}")
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, base={"topk": {}} if topk else None)
         from polyrec.train.run import validate_config
 
         validate_config(cfg)  # fail fast on unknown names, before any data work
@@ -122,7 +138,8 @@ def train(
                        progress_factory=_progress_factory(cfg.train.progress and not quiet))
     m = result.metrics
     console.print(f"best epoch {m['best_epoch']} of {m['epochs_run']} (val {m['monitor']} = {m['best_val_monitor']:.4f})")
-    console.print(metrics_table(m["test"], f"{m['dataset']} / {m['model']}: test metrics"))
+    table = topk_table if m.get("kind") == "topk" else metrics_table
+    console.print(table(m["test"], f"{m['dataset']} / {m['model']}: test metrics"))
     console.print(f"saved: {out}/metrics.json, {out}/model.safetensors")
 
 
@@ -139,7 +156,30 @@ def evaluate(
     if json_out:
         console.print_json(json.dumps(metrics))
     else:
-        console.print(metrics_table(metrics, f"{run_dir}: {split} metrics"))
+        table = topk_table if "ranking" in metrics else metrics_table
+        console.print(table(metrics, f"{run_dir}: {split} metrics"))
+
+
+@app.command()
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="A finished top-K run folder (polyrec train --topk).")],
+    user: Annotated[str, typer.Option("--user", help="Raw user id, as in the dataset.")],
+    k: Annotated[int, typer.Option("--k", help="How many items.")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """Top-K items for a user (excluding items they already interacted with in train/validation)."""
+    from polyrec.topk.run import load_topk_run, recommend as recommend_items
+
+    run = load_topk_run(run_dir, log=err_console.print)
+    items = recommend_items(run, user, k)
+    if json_out:
+        console.print_json(json.dumps(items))
+        return
+    table = Table("rank", "item", "title", "score", title=f"top {len(items)} for user {user} "
+                  f"({run.config.model.name}, ranked by {run.data.target})", title_justify="left")
+    for it in items:
+        table.add_row(str(it["rank"]), str(it["item_id"]), it["title"], f"{it['score']:.4f}")
+    console.print(table)
 
 
 @app.command()
@@ -162,11 +202,15 @@ def models_list() -> None:
     """Registered models and their hyper-parameters."""
     from polyrec.models import MODELS
 
-    table = Table("model", "summary", "parameters (defaults)")
-    for name, cls in sorted(MODELS.items()):
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        params = ", ".join(f"{k}={v.default}" for k, v in cls.Params.model_fields.items())
-        table.add_row(name, doc, params)
+    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
+
+    topk_model_names()  # registers the top-K models
+    table = Table("model", "kind", "summary", "parameters (defaults)")
+    for kind, registry in (("ctr + top-K", MODELS), ("top-K only", TOPK_MODELS)):
+        for name, cls in sorted(registry.items()):
+            doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            params = ", ".join(f"{k}={v.default}" for k, v in cls.Params.model_fields.items())
+            table.add_row(name, kind, doc, params)
     console.print(table)
 
 

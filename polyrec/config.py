@@ -62,16 +62,31 @@ class TrainConfig(_Strict):
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard/ (needs the `track` extra)
 
 
+class TopKConfig(_Strict):
+    """A top-K run (see polyrec.topk): rank every item for every user; judged by Recall/NDCG@K."""
+
+    tasks: list[str] = Field(default_factory=lambda: ["like", "click"])  # target first
+    like_threshold: float = 4.0  # like = rating >= this
+    split: Literal["random", "temporal"] = "random"  # random 60/20/20 as in the WAA-TA paper, or per user by time
+    ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    negatives: int = Field(1, ge=1)  # sampled negatives per training positive, redrawn every epoch
+    sampler: Literal["uniform", "popularity"] = "uniform"
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    kg: bool = True  # load the dataset's knowledge graph when it has one
+    eval_users_chunk: int = Field(512, ge=1)
+
+
 class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    topk: TopKConfig | None = None  # set: a top-K run (polyrec.topk) instead of a CTR-style run
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-_KNOWN = model_keys(RunConfig, DataConfig, ModelConfig, TrainConfig)
+_KNOWN = model_keys(RunConfig, DataConfig, ModelConfig, TrainConfig, TopKConfig)
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

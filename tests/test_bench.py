@@ -447,3 +447,23 @@ def test_cli_bench_rejects_unknown_row_parameters_before_training(tmp_path):
     assert isinstance(result.exception, PolyrecError)
     assert "Did you mean 'n_experts'" in str(result.exception) and "mmoe[n_expert=2]" in str(result.exception)
     assert not (tmp_path / "b").exists()
+
+
+def test_row_dataset_set_applies_to_that_row_and_dataset_only(tmp_path):
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({
+        "datasets": ["movielens-100k", "movielens-1m"], "seeds": 1, "base": {"train": {"lr": 0.001}},
+        "rows": [{"label": "ple", "model": "ple",
+                  "dataset_set": {"movielens-1m": {"train.lr": 0.003}, "movielens-100k": ["train.lr=0.0003"]}},
+                 "mmoe"],
+        "optimizers": ["adam"],
+    }))
+    exp = build_experiment(tmp_path / "exp.yaml")
+    by = {r.label: r for r in exp.rows}
+    assert exp.config_for("movielens-1m", by["ple/adam"], 0).train.lr == 0.003
+    assert exp.config_for("movielens-100k", by["ple/adam"], 0).train.lr == 0.0003
+    assert exp.config_for("movielens-1m", by["mmoe/adam"], 0).train.lr == 0.001
+    assert exp.to_dict()["rows"][0]["dataset_set"]["movielens-1m"] == {"train.lr": 0.003}
+    with pytest.raises(PolyrecError, match="params"):
+        parse_row({"model": "ple", "dataset_set": {"movielens-1m": {"model.n_levels": 2}}})
+    with pytest.raises(PolyrecError, match="must map"):
+        parse_row({"model": "ple", "dataset_set": ["train.lr=0.1"]})

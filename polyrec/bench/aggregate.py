@@ -77,9 +77,26 @@ def _curve(path: Path) -> tuple[str | None, dict[int, float]]:
 
 
 # --- the main table's columns and marks -----------------------------------------------------------------
+def topk_columns(metric_dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Top-K runs (metrics with "ranking"): Recall@K and NDCG@K of every task, K ascending, the target first."""
+    ranked = [m for m in metric_dicts if m.get("ranking")]
+    if not ranked:
+        return []
+    cols = []
+    for task in dict.fromkeys(t for m in ranked for t in m.get("heads", {})):
+        ks = sorted({int(k.split("@")[1]) for m in ranked for k in m["heads"].get(task, {}) if "@" in k})
+        for k in ks:
+            for name, label in (("recall", "Recall"), ("ndcg", "NDCG")):
+                cols.append({"key": f"{task}/{name}@{k}", "header": f"{task} {label}@{k}", "lower_is_better": False})
+    return cols
+
+
 def table_columns(metric_dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Columns from test metric dicts (in row order): the headline metric (AUC, or RMSE for regression
     heads) of every (scenario, head) cell, then of each head over all scenarios, then overall AUC and LogLoss."""
+    ranking = topk_columns(metric_dicts)
+    if ranking:
+        return ranking
     heads: dict[str, str] = {}
     cells: dict[tuple[str, str], None] = {}
     has_overall = False

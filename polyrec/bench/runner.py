@@ -197,6 +197,7 @@ def _diff(old: Any, new: dict[str, Any]) -> str:
         return "its config.yaml is unreadable"
     out = []
     for section, values in new.items():
+        values = values or {}  # an optional section (topk) that is unset
         before = old.get(section) or {}
         for k in sorted(set(values) | set(before)):
             if before.get(k) != values.get(k):
@@ -208,6 +209,11 @@ def _diff(old: Any, new: dict[str, Any]) -> str:
 def headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
     """The number a progress line shows: test overall/auc, else the first head's AUC or RMSE."""
     test = metrics.get("test") or {}
+    if test.get("ranking"):  # top-K run: the target task's NDCG@20 (or its first metric)
+        target = test["ranking"]["by"]
+        m = (test.get("heads") or {}).get(target) or {}
+        key = "ndcg@20" if "ndcg@20" in m else next((k for k in m if "@" in k), None)
+        return (f"{target}/{key}", float(m[key])) if key else None
     if (test.get("overall") or {}).get("auc") is not None:
         return "overall/auc", float(test["overall"]["auc"])
     for h, m in (test.get("heads") or {}).items():

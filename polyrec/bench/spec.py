@@ -6,7 +6,9 @@ Rows
   * ``mmoe`` or ``mmoe[n_experts=8,expert_dims=[64,32]]``: a registered model, with model parameters in
     brackets (values are YAML; keys with a dot, ``mmoe[train.lr=0.01]``, are any config override);
   * a named variant from ``VARIANTS`` (``label -> (model, params)``), optionally with brackets too;
-  * in an experiment YAML: ``{label: mmoe-8, model: mmoe, params: {...}, set: {model.n_experts: 8, train.lr: 0.002}}``.
+  * in an experiment YAML: ``{label: mmoe-8, model: mmoe, params: {...}, set: {model.n_experts: 8, train.lr: 0.002}}``,
+    optionally with per-dataset overrides for this row only, ``dataset_set: {movielens-1m: {train.lr: 0.003}}``
+    (e.g. a learning rate tuned per dataset and model); they apply after the row's ``set``.
 
   ``--optimizers sgd,adam[lr=0.003]`` multiplies the rows: row ``mmoe`` becomes ``mmoe/sgd`` and
   ``mmoe/adam[lr=0.003]`` with ``train.optimizer`` (and the bracketed ``train.*`` keys) set.
@@ -49,11 +51,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the SAPENet paper's ablations (../shared/docs/specs/sapenet.md)
     "sapenet-no-attention": ("sapenet", {"attention": False}),
     "sapenet-mmoe": ("sapenet", {"extraction": "mmoe"}),
+    # the WAA-TA paper's ablations (../shared/docs/specs/waa-ta.md); WAA-TA1 also trains with `sum`, not
+    # MetaBalance: give it train.balance=sum in its row
+    "waata-no-aux": ("waata", {"auxiliary": False}),
+    "waata-no-decomposition": ("waata", {"decomposition": False}),
+    "waata-no-orthogonal": ("waata", {"orthogonal": False}),
 }
 
-SECTIONS = ("data", "model", "train")
+SECTIONS = ("data", "model", "train", "topk")
 EXPERIMENT_KEYS = ("name", "datasets", "seeds", "config", "base", "set", "dataset_set", "rows", "optimizers")
-ROW_KEYS = ("label", "model", "params", "set")
+ROW_KEYS = ("label", "model", "params", "set", "dataset_set")
 _NAME = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\[(.*)\])?\s*$", re.DOTALL)
 
 
@@ -186,8 +193,12 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def model_fields(model: str) -> dict[str, Any]:
-    from polyrec.models.base import get_model_class
+    from polyrec.models.base import MODELS, get_model_class
+    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
 
+    topk_model_names()  # registers both zoos
+    if model in TOPK_MODELS and model not in MODELS:  # top-K only (mf, kgat, waata)
+        return dict(TOPK_MODELS[model].Params.model_fields)
     return dict(get_model_class(model).Params.model_fields)
 
 
@@ -212,6 +223,7 @@ class Row:
     set: dict[str, Any] = field(default_factory=dict)  # other dotted overrides (data.*, train.*, model.embed_dim)
     optimizer: str | None = None  # set by --optimizers
     source: str | None = None  # the text as written
+    dataset_set: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> overrides, this row only
 
     @property
     def folder(self) -> str:
@@ -225,19 +237,22 @@ class Row:
             out["set"] = self.set
         if self.optimizer:
             out["optimizer"] = self.optimizer
+        if self.dataset_set:
+            out["dataset_set"] = self.dataset_set
         out["folder"] = self.folder
         return out
 
 
 def _resolve_model(name: str, where: str) -> tuple[str, dict[str, Any]]:
-    from polyrec.models.base import MODELS, get_model_class
+    from polyrec.models.base import MODELS
+    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
 
     if name in VARIANTS:
         model, params = VARIANTS[name]
         return model, dict(params)
-    get_model_class(name)  # registers the zoo
-    if name not in MODELS:
-        choices = sorted(set(MODELS) | set(VARIANTS))
+    topk_model_names()  # registers both zoos
+    if name not in MODELS and name not in TOPK_MODELS:
+        choices = sorted(set(MODELS) | set(TOPK_MODELS) | set(VARIANTS))
         raise PolyrecError(f"{where}: unknown model or variant {name!r}.{close_matches(name, choices)} "
                            f"Available: {', '.join(choices)}.")
     return name, {}
@@ -297,7 +312,19 @@ def parse_row(item: Any) -> Row:
         params = item.get("params") or {}
         if not isinstance(params, dict):
             raise PolyrecError(f"row {label!r}: params must be a mapping.")
-        return make_row(label, model_text, params, item.get("set"), source=None)
+        row = make_row(label, model_text, params, item.get("set"), source=None)
+        per_dataset = item.get("dataset_set") or {}
+        if not isinstance(per_dataset, dict):
+            raise PolyrecError(f"row {label!r}: dataset_set must map dataset names to overrides.")
+        for ds, sets in per_dataset.items():
+            parsed = parse_assignments(sets, f"row {label!r} dataset_set[{ds}]")
+            for k in parsed:
+                check_key(k, f"row {label!r} dataset_set[{ds}]")
+                if k.startswith("model.") and k != "model.embed_dim":
+                    raise PolyrecError(f"row {label!r} dataset_set[{ds}]: set model parameters with `params:`; "
+                                       "dataset_set takes data.*, train.* and model.embed_dim.")
+            row.dataset_set[str(ds)] = parsed
+        return row
     raise PolyrecError(f"A row must be a model name or a mapping with label/model/params/set, got {item!r}.")
 
 
@@ -323,7 +350,8 @@ def expand_optimizers(rows: list[Row], optimizers: list[str]) -> list[Row]:
         for text in optimizers:
             name, sets = parse_optimizer(text)
             out.append(Row(f"{row.label}/{text}", row.model, dict(row.params),
-                           {**row.set, "train.optimizer": name, **sets}, name, row.source))
+                           {**row.set, "train.optimizer": name, **sets}, name, row.source,
+                           copy.deepcopy(row.dataset_set)))
     return out
 
 
@@ -358,6 +386,8 @@ class Experiment:
         raw["model"] = {"name": row.model, **({"embed_dim": model["embed_dim"]} if "embed_dim" in model else {}),
                         **kept, **copy.deepcopy(row.params)}
         for k, v in row.set.items():
+            set_dotted(raw, k, v)
+        for k, v in row.dataset_set.get(dataset, {}).items():
             set_dotted(raw, k, v)
         set_dotted(raw, "train.seed", seed)
         return raw

@@ -64,16 +64,17 @@ def validate_config(cfg: RunConfig) -> None:
     from polyrec.recipes.prepare import get_recipe
 
     get_recipe(cfg.data.dataset)
-    model_params(cfg.model.name, cfg.model.params())
+    if cfg.topk is not None:
+        from polyrec.topk.models.base import topk_model_params
+
+        topk_model_params(cfg.model.name, cfg.model.params())
+    else:
+        model_params(cfg.model.name, cfg.model.params())
     balancer_params(cfg.train.balance, cfg.train.balance_params)
 
 
-def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
-              progress_factory: Callable[[int], Any] | None = None, download: bool = True,
-              epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
-              evaluate_test: bool = True) -> RunResult:
-    """`evaluate_test=False` (tuning trials) never builds or scores the test split: metrics.json holds val only."""
-    run_dir = Path(run_dir)
+def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
+    """Validate the config, and refuse to overwrite a run or to resume a different one."""
     validate_config(cfg)
     if resume:
         if not (run_dir / CHECKPOINT).exists():
@@ -84,6 +85,20 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
                                "Resume with `polyrec train --resume --out RUN_DIR` alone.")
     elif (run_dir / "config.yaml").exists():
         raise PolyrecError(f"{run_dir} already holds a run. Use --resume to continue it, or choose another --out.")
+
+
+def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
+              progress_factory: Callable[[int], Any] | None = None, download: bool = True,
+              epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+              evaluate_test: bool = True) -> RunResult:
+    """`evaluate_test=False` (tuning trials) never builds or scores the test split: metrics.json holds val only."""
+    if cfg.topk is not None:  # rank-all-items runs (polyrec.topk) share the run folder and the loop
+        from polyrec.topk.run import train_topk_run
+
+        return train_topk_run(cfg, run_dir, resume=resume, log=log, progress_factory=progress_factory,
+                              download=download, epoch_callback=epoch_callback, evaluate_test=evaluate_test)
+    run_dir = Path(run_dir)
+    check_run_dir(cfg, run_dir, resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log)
@@ -156,6 +171,13 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", log: Callable[[str], None] = print) -> dict[str, Any]:
+    spec_path = Path(run_dir) / "spec.json"
+    if spec_path.exists() and json.loads(spec_path.read_text()).get("kind") == "topk":
+        from polyrec.topk.run import evaluate_topk, load_topk_run
+
+        topk_run = load_topk_run(run_dir, log=log)
+        tk = topk_run.config.topk
+        return evaluate_topk(topk_run.model, topk_run.data, split, tk.ks, tk.eval_users_chunk)
     run = load_run(run_dir)
     data: PreparedData = prepare(run.config.data, seed=run.config.train.seed, download=False, log=log)
     if split not in data.splits:

@@ -72,10 +72,18 @@ class Trainer:
         self.model, self.cfg, self.balancer = model, cfg, balancer
         self.run_dir = Path(run_dir) if run_dir else None
         self.log = log
-        self.losses = HeadLosses(model.heads, model.spec.task_names)
+        self.losses = HeadLosses(model.heads, self._task_names())
         self.optimizer = build_optimizer(model, cfg, balancer.parameters())
         self.shared = model.shared_parameters()
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode)
+
+    # --- hooks a specialised trainer (top-K) overrides ---------------------------------------
+    def _task_names(self) -> list[str]:
+        return self.model.spec.task_names
+
+    def _validate(self, val: Any, scenario_names: list[str]) -> dict[str, float]:
+        """Flat validation metrics the monitor reads."""
+        return flatten(evaluate_table(self.model, val, self.cfg.eval_batch_size, scenario_names))
 
     # --- one epoch ----------------------------------------------------------------------
     def _train_epoch(self, table: TensorTable, epoch: int, step: int, progress) -> tuple[dict, int, list]:
@@ -147,7 +155,7 @@ class Trainer:
             if ckpt.get("finished"):
                 start_epoch = cfg.epochs + 1
         else:  # fail before training, not after the first epoch, when train.monitor names no metric
-            self.monitor.value(flatten(evaluate_table(model, val, cfg.eval_batch_size, scenario_names)))
+            self.monitor.value(self._validate(val, scenario_names))
         stopped_early = bool(history and history[-1].get("stopped_early"))
         for epoch in range(start_epoch, cfg.epochs + 1):
             if stopped_early:
@@ -159,8 +167,7 @@ class Trainer:
                 if bar is not None:
                     bar(None, None, None)
             step_log.extend(steps)
-            val_metrics = evaluate_table(model, val, cfg.eval_batch_size, scenario_names)
-            flat = flatten(val_metrics)
+            flat = self._validate(val, scenario_names)
             score = self.monitor.score(flat)
             monitored = self.monitor.value(flat)
             improved = score > best_score

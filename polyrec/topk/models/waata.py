@@ -1,0 +1,130 @@
+"""WAA-TA (Huang et al., "A multi-task recommendation algorithm fusing weighted auxiliary task
+awareness"), ../shared/docs/specs/waa-ta.md: KGAT-style graph encoder with TransD (sections 1-2),
+a gated shared / task-specific multi-task layer (section 3) built from FDN-style decomposed features
+(section 4). The gradient balancing of section 5 is MetaBalance (polyrec.balance.metabalance) acting
+on `shared_parameters()`, wired by the training loop.
+
+    v* = encode()                                   (graph.py: TransD + attention + propagation)
+    X  = [v_u* ; v_i* ; v_u* ⊙ v_i*]
+    S_m = f_s^m(X)       m = 1..M                   shared extractors (shared by all tasks)
+    P_{k,m} = f_p^{k,m}(X)                          task k's specific extractors
+    f_s = [S_1, ..., S_M],  f_t^k = [P_{k,1}, ..., P_{k,M}]              (concatenations, M*D dims)
+    g_k = sigmoid(W_g^k [f_s ; f_t^k] + b_g^k),  X_k = g_k ⊙ f_s + (1 - g_k) ⊙ f_t^k
+    logit_k = Tower_k(X_k)
+    extra = w_aux L_aux + w_o L_o + w_kg L_TransD
+    L_aux = sum_k sum_m mean BCE(y_k, head_{k,m}(P_{k,m})),  L_o = FDN's orthogonality over pairs (S_m, P_{k,m})
+
+Choices where the spec is silent:
+- Sections 3 and 4 combine by concatenation: f_s of section 3 is the concatenation of the M shared
+  extractors and f_t^k that of task k's M specific ones, so the element-wise gate mixes pair m's shared
+  feature with pair m's specific feature (the pairs the orthogonality constraint separates). Pair
+  (k, m) is (f_s^m, f_p^{k,m}): shared extractors are shared across tasks, as in polyrec.models.fdn.
+- X also holds v_u* ⊙ v_i* (`product_feature=True`, default): MLPs over a concatenation learn a dot
+  product poorly (Rendle et al., "Neural Collaborative Filtering vs. Matrix Factorization Revisited",
+  RecSys 2020), and the product lets the towers recover KGAT's matching score <v_u*, v_i*>, which the
+  spec's section 2 defines. `product_feature=False` gives the spec's literal X = [v_u* ; v_i*].
+- Extractors are MLPs [64, 32] (the article's "32 units per expert"; section 3's shared bottom has
+  "several layers"), ending activated; M = 2 pairs (FDN's default here); towers [32]; gates one linear
+  layer per task; heads_{k,m} one Linear(32, 1). embed_dim 64 and 2 propagation layers by default.
+- L_o is polyrec.models.fdn.orthogonality (batch-centred, row-normalised ||S^T P||_F^2 / B^2, the Domain
+  Separation Networks form; see fdn.py for why not the raw product). Both L_o and L_aux are computed on
+  the last training-mode `score` call's pairs (observed pairs and sampled negatives alike).
+- Ablations: `auxiliary=False` (WAA-TA1) builds no auxiliary heads and adds no L_aux (the training loop
+  also switches the balancer to a plain sum); `decomposition=False` (WAA-TA2) uses one shared and one
+  specific extractor per task (M = 1, `n_pairs` ignored), no auxiliary heads, no L_o: section 3 alone;
+  `orthogonal=False` (WAA-TA3) drops L_o.
+- shared_parameters: the graph encoder (embeddings, attention, propagation) and the shared extractors;
+  gates, task extractors, auxiliary heads and towers are task-specific.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+
+from polyrec.errors import PolyrecError
+from polyrec.layers.mlp import ParallelMLP
+from polyrec.models.fdn import orthogonality
+from polyrec.topk.models.base import TopKInfo, TopKModel, register_topk, sum_parts
+from polyrec.topk.models.graph import GraphEncoder, GraphParams
+
+
+class WAATAParams(GraphParams):
+    n_pairs: int = Field(default=2, ge=1)  # M
+    expert_dims: list[PositiveInt] = Field(default=[64, 32], min_length=1)
+    tower_dims: list[PositiveInt] = [32]
+    product_feature: bool = True
+    auxiliary: bool = True  # False: WAA-TA1
+    decomposition: bool = True  # False: WAA-TA2
+    orthogonal: bool = True  # False: WAA-TA3
+    auxiliary_weight: float = Field(default=1.0, ge=0)
+    orthogonal_weight: float = Field(default=1.0, ge=0)
+
+
+@register_topk("waata")
+class WAATA(TopKModel):
+    Params = WAATAParams
+    needs_graph = True
+
+    def __init__(self, info: TopKInfo, embed_dim: int, params: WAATAParams) -> None:
+        super().__init__(info, embed_dim, params)
+        p = params
+        self.n_tasks = t = len(info.task_names)
+        self.n_pairs = m = p.n_pairs if p.decomposition else 1
+        self.use_aux = p.decomposition and p.auxiliary
+        self.use_orth = p.decomposition and p.orthogonal
+        self.graph = GraphEncoder(info.graph, embed_dim, p)
+        x_dim = self.graph.out_dim * (3 if p.product_feature else 2)
+        mlp = dict(dims=p.expert_dims, dropout=p.dropout, act=p.activation, batch_norm=p.batch_norm)
+        self.shared_extractors = ParallelMLP(m, x_dim, **mlp)  # f_s^m
+        self.task_extractors = ParallelMLP(t * m, x_dim, **mlp)  # f_p^{k,m}, k-major
+        d = self.shared_extractors.out_dim
+        self.task_gates = ParallelMLP(t, 2 * m * d, [], m * d)  # W_g^k, b_g^k
+        self.task_aux_heads = ParallelMLP(t * m, d, [], 1) if self.use_aux else None  # head_{k,m}
+        self.towers = ParallelMLP(t, m * d, p.tower_dims, 1, p.dropout, p.activation, p.batch_norm)
+        self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # (S, P) of the last training score
+
+    def encode(self) -> torch.Tensor:
+        return self.graph()
+
+    def inputs(self, users: torch.Tensor, items: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        """X [B, x_dim] of the pairs."""
+        u = self.graph.users(cache)[users]
+        i = self.graph.items(cache)[items]
+        return torch.cat([u, i, u * i] if self.params.product_feature else [u, i], dim=-1)
+
+    def score(self, users: torch.Tensor, items: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        x = self.inputs(users, items, cache)
+        t, m = self.n_tasks, self.n_pairs
+        s = self.shared_extractors(x)  # [B, M, D]
+        b, _, d = s.shape
+        sp = self.task_extractors(x).view(b, t, m, d)  # [B, T, M, D]
+        f_s = s.reshape(b, 1, m * d).expand(b, t, m * d)
+        f_t = sp.reshape(b, t, m * d)
+        g = torch.sigmoid(self.task_gates(torch.cat([f_s, f_t], dim=-1)))  # [B, T, M*D]
+        logits = self.towers(g * f_s + (1 - g) * f_t).squeeze(-1)  # [B, T]
+        # kept only for the training loss (never in evaluation, which runs without grad)
+        self._features = (s, sp) if self.training and torch.is_grad_enabled() else None
+        return logits
+
+    def extra_loss(self, logits: torch.Tensor, labels: torch.Tensor | None, cache: Any) -> torch.Tensor | None:
+        p, parts = self.params, {}
+        if self._features is not None and (self.use_orth or self.use_aux):
+            s, sp = self._features
+            b, t, m, d = sp.shape
+            if self.use_orth and p.orthogonal_weight > 0:
+                parts["orthogonal"] = p.orthogonal_weight * orthogonality(s.repeat(1, t, 1), sp.view(b, t * m, d))
+            if self.use_aux and p.auxiliary_weight > 0:
+                if labels is None or labels.shape != (b, t):
+                    raise PolyrecError(f"WAA-TA extra_loss needs labels [{b}, {t}] of the last scored batch, "
+                                       f"got {None if labels is None else tuple(labels.shape)}.")
+                aux = self.task_aux_heads(sp.view(b, t * m, d)).view(b, t, m)
+                y = labels.unsqueeze(-1).expand_as(aux)
+                parts["auxiliary"] = p.auxiliary_weight * F.binary_cross_entropy_with_logits(
+                    aux, y, reduction="none").mean(0).sum()
+        if p.kg_weight > 0:
+            parts["kg"] = p.kg_weight * self.graph.kg_loss(p.kg_batch_size)
+        return sum_parts(self, parts)

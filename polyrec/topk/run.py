@@ -1,0 +1,172 @@
+"""A top-K run end to end, and `recommend` on a finished one.
+
+Same run-folder layout as CTR-style runs (config.yaml, spec.json, metrics.jsonl, steps.jsonl,
+metrics.json, model.safetensors, checkpoint.pt), so `polyrec bench` aggregates and reports top-K runs
+like any other. metrics.json holds {"val": ..., "test": ...}, each {"heads": {task: {recall@K, ndcg@K,
+hit@K, mrr@K, users}}}: items are always ranked by the target task's score; a task's relevant items are
+that split's interactions with the task's label 1.
+
+Nothing but ids and sizes is stored about the data: loading a run re-reads the dataset with the run's
+config (the split is seeded, so it is the same one) and checks that the user/item index is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polyrec import __version__
+from polyrec.balance import build_balancer
+from polyrec.config import RunConfig, load_config
+from polyrec.errors import PolyrecError, close_matches
+from polyrec.topk.data import load_topk
+from polyrec.topk.models.base import TopKInfo, TopKModel, build_topk_model
+from polyrec.topk.negatives import NegativeSampler
+from polyrec.topk.trainer import (PairwiseTable, PointwiseTable, TopKTrainer, TrainingView, evaluate_topk,
+                                  score_matrix)
+from polyrec.topk.types import TopKData
+from polyrec.train.checkpoint import load_weights
+from polyrec.train.trainer import CHECKPOINT, WEIGHTS
+from polyrec.utils.io import atomic_write_text
+
+DEFAULT_CTR_MONITOR = "overall/mean_auc"
+
+
+def topk_train_config(cfg: RunConfig, target: str):
+    """The train section as a top-K run uses it: monitor defaults to the target's NDCG@20 on validation;
+    embeddings always take dense updates (message passing reads whole tables every step)."""
+    k = min(cfg.topk.ks, key=lambda x: (abs(x - 20), x))  # NDCG@20, or the K nearest to it
+    monitor = cfg.train.monitor if cfg.train.monitor != DEFAULT_CTR_MONITOR else f"{target}/ndcg@{k}"
+    return cfg.train.model_copy(update={"monitor": monitor, "sparse_embeddings": False})
+
+
+def load_data(cfg: RunConfig, download: bool = True, log: Callable[[str], None] = print) -> TopKData:
+    tk = cfg.topk
+    seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
+    return load_topk(cfg.data.dataset, tasks=tk.tasks, like_threshold=tk.like_threshold, split=tk.split,
+                     ratios=tk.ratios, seed=seed, with_kg=tk.kg, download=download, log=log)
+
+
+def build_for(cfg: RunConfig, data: TopKData) -> TopKModel:
+    info = TopKInfo(n_users=data.n_users, n_items=data.n_items, task_names=data.task_names, graph=data.graph)
+    return build_topk_model(cfg.model.name, info, cfg.model.embed_dim, cfg.model.params())
+
+
+def _index_fingerprint(data: TopKData) -> dict[str, Any]:
+    return {"dataset": data.dataset, "n_users": data.n_users, "n_items": data.n_items,
+            "task_names": data.task_names, "graph_edges": len(data.graph) if data.graph is not None else 0}
+
+
+def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
+                   progress_factory: Callable[[int], Any] | None = None, download: bool = True,
+                   epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+                   evaluate_test: bool = True):
+    from polyrec.train.run import RunResult, _seed_everything, check_run_dir
+
+    assert cfg.topk is not None
+    run_dir = Path(run_dir)
+    check_run_dir(cfg, run_dir, resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = load_data(cfg, download=download, log=log)
+    counts = ", ".join(f"{k} {len(v):,}" for k, v in data.splits.items())
+    log(f"{data.dataset}: {data.n_users:,} users, {data.n_items:,} items; {counts} interactions; tasks "
+        f"{data.task_names} (ranked by {data.target})"
+        + (f"; CKG {data.graph.n_entities:,} entities, {len(data.graph):,} edges" if data.graph is not None else ""))
+    train_cfg = topk_train_config(cfg, data.target)
+    _seed_everything(cfg.train.seed)
+    model = build_for(cfg, data)
+    view = TrainingView(model)
+    balancer = build_balancer(train_cfg.balance, [h.name for h in view.heads if h.train], train_cfg.balance_params)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(run_dir / "spec.json", json.dumps({
+            "kind": "topk", "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
+            "heads": [h.__dict__ for h in model.heads], "ranking_head": model.ranking_head,
+            "index": _index_fingerprint(data), "data_meta": data.meta}, indent=1, default=str))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}; "
+        f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; monitor {train_cfg.monitor}")
+    sampler = NegativeSampler(data.n_items, data.splits["train"].user, data.splits["train"].item,
+                              strategy=cfg.topk.sampler)
+    table_cls = PairwiseTable if model.pairwise else PointwiseTable
+    table = table_cls(data.splits["train"], sampler, cfg.topk.negatives)
+    trainer = TopKTrainer(view, train_cfg, balancer, data, cfg.topk.ks, cfg.topk.eval_users_chunk, run_dir, log)
+    t0 = time.perf_counter()
+    fit = trainer.fit(table, None, [], resume=resume, progress_factory=progress_factory,
+                      epoch_callback=epoch_callback)
+    scores = score_matrix(model, data.n_users, cfg.topk.eval_users_chunk)
+    splits = ("val", "test") if evaluate_test else ("val",)
+    metrics = {s: evaluate_topk(model, data, s, cfg.topk.ks, cfg.topk.eval_users_chunk, scores) for s in splits}
+    result = {
+        "dataset": data.dataset, "model": cfg.model.name, "seed": cfg.train.seed, "kind": "topk",
+        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
+        "monitor": train_cfg.monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
+        "train_seconds": sum(h["train_seconds"] for h in fit.history),
+        "wall_seconds": time.perf_counter() - t0, "rows": {k: len(v) for k, v in data.splits.items()},
+        "data_notes": data.meta.get("notes", []),
+        "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        **metrics,
+    }
+    atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
+    return RunResult(run_dir, result, fit.history)
+
+
+# --- a finished run --------------------------------------------------------------------------------------
+@dataclass
+class LoadedTopKRun:
+    run_dir: Path
+    config: RunConfig
+    data: TopKData
+    model: TopKModel
+
+
+def load_topk_run(run_dir: str | Path, log: Callable[[str], None] = print) -> LoadedTopKRun:
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "spec.json", WEIGHTS):
+        if not (run_dir / name).exists():
+            raise PolyrecError(f"{run_dir} is not a finished polyrec run: {name} is missing.")
+    info = json.loads((run_dir / "spec.json").read_text())
+    if info.get("kind") != "topk":
+        raise PolyrecError(f"{run_dir} is a CTR-style run, not a top-K run; use `polyrec predict` for it.")
+    cfg = load_config(run_dir / "config.yaml")
+    data = load_data(cfg, download=False, log=log)
+    if _index_fingerprint(data) != info["index"]:
+        raise PolyrecError(f"The dataset now indexes users/items differently from when {run_dir} was trained "
+                           "(source files changed); its recommendations would be meaningless.")
+    model = build_for(cfg, data)
+    view = TrainingView(model)
+    view.load_state_dict(load_weights(run_dir / WEIGHTS))
+    model.eval()
+    return LoadedTopKRun(run_dir, cfg, data, model)
+
+
+def recommend(run: LoadedTopKRun, user: str, k: int = 20) -> list[dict[str, Any]]:
+    """Top-k items for a raw user id, excluding what the user interacted with in train and validation."""
+    data = run.data
+    index = {str(u): i for i, u in enumerate(data.user_ids)}
+    if str(user) not in index:
+        raise PolyrecError(f"Unknown user {user!r} for {data.dataset}.{close_matches(str(user), list(index))} "
+                           f"Users are ids like {', '.join(map(str, data.user_ids[:3]))}.")
+    if k < 1:
+        raise PolyrecError(f"--k must be >= 1, got {k}")
+    u = index[str(user)]
+    with torch.inference_mode():
+        scores = run.model.score_all(torch.tensor([u]), run.model.encode())[0].float()
+        for inter in (data.splits["train"], data.splits["val"]):  # what the user has already seen
+            scores[torch.from_numpy(inter.item[inter.user == u].astype("int64"))] = -torch.inf
+        k = min(k, int(torch.isfinite(scores).sum()))
+        top = torch.topk(scores, k)
+    return [{"rank": r + 1, "item_id": data.item_ids[i], "title": data.item_titles[i], "score": float(s)}
+            for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+
+
+__all__ = ["train_topk_run", "load_topk_run", "recommend", "evaluate_topk", "score_matrix"]
