@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from polyrec.data.schema import format_validation_error, model_keys
 from polyrec.errors import PolyrecError, close_matches
@@ -55,7 +55,7 @@ class TrainConfig(_Strict):
     seed: int = 42
     threads: int | None = None
     device: str = "cpu"
-    balance: str = "sum"
+    balance: str = "auto"  # a balancer name; auto: the model's own (waata: metabalance), else sum
     balance_params: dict[str, Any] = Field(default_factory=dict)
     log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
     progress: bool = True
@@ -81,6 +81,14 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     topk: TopKConfig | None = None  # set: a top-K run (polyrec.topk) instead of a CTR-style run
+
+    @model_validator(mode="after")
+    def _resolve_auto_balance(self) -> "RunConfig":
+        # CTR-style models have no balancer of their own: auto is sum, written as such in config.yaml.
+        # Top-K runs keep "auto" and resolve it from the model (polyrec.topk.run).
+        if self.topk is None and self.train.balance == "auto":
+            self.train.balance = "sum"
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

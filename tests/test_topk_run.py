@@ -65,6 +65,8 @@ def test_topk_run_writes_ranking_metrics(tiny, tmp_path, model, params):
             assert {"recall@5", "ndcg@10", "hit@10", "mrr@5", "users"} <= set(hm)
             assert 0 <= hm["recall@5"] <= hm["recall@10"] <= 1 and 0 <= hm["ndcg@10"] <= 1
     assert m["test"]["ranking"] == {"by": "like", "excluded": "train+val"}
+    # no balancer named: waata brings MetaBalance (target = like), the others sum
+    assert m["balance"] == ("metabalance" if model == "waata" else "sum")
     history = [json.loads(x) for x in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3] and all("like/ndcg@10" in h["val"] for h in history)
     # evaluate re-loads the run and reproduces the stored test metrics exactly
@@ -157,3 +159,10 @@ def test_bench_tables_topk_runs(tiny, tmp_path):
     assert "like NDCG@10" in md and "click Recall@5" in md and "waata-no-decomposition" in md
     per_seed = (tmp_path / "bench" / "results-per-seed.csv").read_text()
     assert "like/ndcg@10" in per_seed
+
+
+def test_explicit_balancer_overrides_the_model_default(tiny, tmp_path):
+    res = train_run(cfg("waata", "train.balance=sum", "train.epochs=1", **SMALL_GRAPH, expert_dims=[8], tower_dims=[4]),
+                    tmp_path / "run", log=quiet)
+    assert res.metrics["balance"] == "sum"
+    assert load_config(tmp_path / "run" / "config.yaml").train.balance == "sum"

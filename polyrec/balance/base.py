@@ -72,8 +72,14 @@ def register_balancer(name: str) -> Callable[[type[Balancer]], type[Balancer]]:
     return deco
 
 
+def resolve_name(name: str) -> str:
+    """"auto" (a config that names no balancer) is `sum` wherever the model brings none of its own."""
+    return "sum" if name == "auto" else name
+
+
 def balancer_params(name: str, raw: dict[str, Any]) -> BalancerParams:
     """Validated parameters of balancer `name` (unknown names and keys are errors with close matches)."""
+    name = resolve_name(name)
     if name not in BALANCERS:
         raise unknown_name("balancer", name, BALANCERS)
     cls = BALANCERS[name]
@@ -90,4 +96,4 @@ def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any],
                    task_kinds: Sequence[str] | None = None) -> Balancer:
     """Balancer `name` for these tasks; `task_kinds` ("binary" | "regression" per task, default all binary)."""
     validated = balancer_params(name, params)  # unknown names and keys fail here, with close matches
-    return BALANCERS[name](task_names, validated, task_kinds=task_kinds)
+    return BALANCERS[resolve_name(name)](task_names, validated, task_kinds=task_kinds)

@@ -39,12 +39,21 @@ from polyrec.utils.io import atomic_write_text
 DEFAULT_CTR_MONITOR = "overall/mean_auc"
 
 
-def topk_train_config(cfg: RunConfig, target: str):
+def topk_train_config(cfg: RunConfig, target: str, model: TopKModel):
     """The train section as a top-K run uses it: monitor defaults to the target's NDCG@20 on validation;
-    embeddings always take dense updates (message passing reads whole tables every step)."""
+    embeddings always take dense updates (message passing reads whole tables every step); a model with a
+    `default_balance` (waata: MetaBalance, target = the target task) gets it when train.balance is auto."""
     k = min(cfg.topk.ks, key=lambda x: (abs(x - 20), x))  # NDCG@20, or the K nearest to it
-    monitor = cfg.train.monitor if cfg.train.monitor != DEFAULT_CTR_MONITOR else f"{target}/ndcg@{k}"
-    return cfg.train.model_copy(update={"monitor": monitor, "sparse_embeddings": False})
+    update: dict[str, Any] = {"sparse_embeddings": False}
+    if cfg.train.monitor == DEFAULT_CTR_MONITOR:
+        update["monitor"] = f"{target}/ndcg@{k}"
+    if cfg.train.balance == "auto":
+        if model.default_balance:
+            update["balance"] = model.default_balance
+            update["balance_params"] = {"target": target, **cfg.train.balance_params}
+        else:
+            update["balance"] = "sum"
+    return cfg.train.model_copy(update=update)
 
 
 def load_data(cfg: RunConfig, download: bool = True, log: Callable[[str], None] = print) -> TopKData:
@@ -80,9 +89,9 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
     log(f"{data.dataset}: {data.n_users:,} users, {data.n_items:,} items; {counts} interactions; tasks "
         f"{data.task_names} (ranked by {data.target})"
         + (f"; CKG {data.graph.n_entities:,} entities, {len(data.graph):,} edges" if data.graph is not None else ""))
-    train_cfg = topk_train_config(cfg, data.target)
     _seed_everything(cfg.train.seed)
     model = build_for(cfg, data)
+    train_cfg = topk_train_config(cfg, data.target, model)
     view = TrainingView(model)
     balancer = build_balancer(train_cfg.balance, [h.name for h in view.heads if h.train], train_cfg.balance_params)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +103,8 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
             "index": _index_fingerprint(data), "data_meta": data.meta}, indent=1, default=str))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}; "
-        f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; monitor {train_cfg.monitor}")
+        f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; balance {train_cfg.balance}"
+        f"{train_cfg.balance_params or ''}; monitor {train_cfg.monitor}")
     sampler = NegativeSampler(data.n_items, data.splits["train"].user, data.splits["train"].item,
                               strategy=cfg.topk.sampler)
     table_cls = PairwiseTable if model.pairwise else PointwiseTable
@@ -110,6 +120,7 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
         "dataset": data.dataset, "model": cfg.model.name, "seed": cfg.train.seed, "kind": "topk",
         "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
         "monitor": train_cfg.monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
+        "balance": train_cfg.balance,
         "train_seconds": sum(h["train_seconds"] for h in fit.history),
         "wall_seconds": time.perf_counter() - t0, "rows": {k: len(v) for k, v in data.splits.items()},
         "data_notes": data.meta.get("notes", []),

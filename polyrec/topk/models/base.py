@@ -67,6 +67,7 @@ class TopKModel(nn.Module):
     needs_graph: ClassVar[bool] = False
     registry_name: ClassVar[str] = ""
     score_all_pairs: ClassVar[int] = 1 << 16  # pairs per `score` call in the default `score_all`
+    default_balance: ClassVar[str | None] = None  # balancer used when the config names none (target = task 0)
 
     def __init__(self, info: TopKInfo, embed_dim: int, params: ModelParams) -> None:
         super().__init__()

@@ -68,6 +68,10 @@ class WAATAParams(GraphParams):
 class WAATA(TopKModel):
     Params = WAATAParams
     needs_graph = True
+    # section 5 of the spec: MetaBalance on the shared parameters, the target task's gradient against the
+    # auxiliary tasks'. Used when the config does not name a balancer (a run that sets train.balance,
+    # e.g. WAA-TA1 with `sum`, gets what it asks for).
+    default_balance = "metabalance"
 
     def __init__(self, info: TopKInfo, embed_dim: int, params: WAATAParams) -> None:
         super().__init__(info, embed_dim, params)
