@@ -86,6 +86,27 @@ class ParallelMLP(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_dim = sizes[-1]
 
+    def forward_units(self, x: torch.Tensor, units: slice, first: torch.Tensor | None = None) -> torch.Tensor:
+        """Only units[units] (e.g. one task's experts when only its score is needed): x is [B, in]
+        (shared) or [B, s, in]; `first`, when given, is the first layer's pre-activation [B, s, d1]
+        computed by the caller (who may factor the first matmul), and x is then ignored.
+        Equals forward(x)[:, units] (no batch norm: it has no per-unit statistics to slice)."""
+        if self.norms:
+            raise ValueError("forward_units does not support batch_norm")
+        h = None
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            w, b = w[units], b[units]
+            if i == 0 and first is not None:
+                h = first.transpose(0, 1)  # [s, B, d1]
+            elif i == 0 and x.dim() == 2:
+                h = torch.einsum("bi,sio->sbo", x, w) + b
+            else:
+                h = torch.baddbmm(b, x.transpose(0, 1) if i == 0 else h, w)
+            if self.hidden[i]:
+                h = self.dropout(self.act(h))
+        assert h is not None
+        return h.transpose(0, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             if i == 0 and x.dim() == 2:  # shared input: one [B, in] x [in, n*out] matmul

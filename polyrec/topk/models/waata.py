@@ -114,6 +114,39 @@ class WAATA(TopKModel):
         self._features = (s, sp) if self.training and torch.is_grad_enabled() else None
         return logits
 
+    def score_all(self, users: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        """The ranking head against every item, for evaluation: equal to `score` on the expanded pairs, but
+        only the ranking task's units run, and the extractors' first layer is factored, W [u; i; u⊙i] =
+        W_u u + W_i i + W_p (u⊙i), so the user and item parts are computed once per user and once per item
+        (about 3x fewer FLOPs per pair on MovieLens-100K than `score`)."""
+        if self.params.batch_norm:
+            return super().score_all(users, cache)
+        k, m = self.ranking_head, self.n_pairs
+        u_all, i_all = self.graph.users(cache)[users], self.graph.items(cache)  # [b, D], [n, D]
+        n, dim = i_all.shape
+        extractors = [(self.shared_extractors, slice(0, m)), (self.task_extractors, slice(k * m, (k + 1) * m))]
+        item_parts = [torch.einsum("nd,sdh->nsh", i_all, mlp.weights[0][sel][:, dim:2 * dim])
+                      for mlp, sel in extractors]
+        step = max(1, self.score_all_pairs // max(n, 1))
+        out = []
+        for start in range(0, u_all.shape[0], step):
+            u = u_all[start:start + step]
+            feats = []
+            for (mlp, sel), item_part in zip(extractors, item_parts):
+                w, bias = mlp.weights[0][sel], mlp.biases[0][sel]  # [s, 3D or 2D, H], [s, 1, H]
+                pre = (torch.einsum("bd,sdh->bsh", u, w[:, :dim]) + bias.transpose(0, 1)).unsqueeze(1) \
+                    + item_part.unsqueeze(0)  # [b, n, s, H]
+                if self.params.product_feature:
+                    prod = (u.unsqueeze(1) * i_all.unsqueeze(0)).reshape(-1, dim)  # [b*n, D]
+                    pre = pre + (prod @ w[:, 2 * dim:].permute(1, 0, 2).reshape(dim, -1)).view(pre.shape)
+                s_, h = pre.shape[2], pre.shape[3]
+                feats.append(mlp.forward_units(None, sel, first=pre.reshape(-1, s_, h)))  # [b*n, M, d]
+            f_s, f_t = (f.reshape(f.shape[0], -1) for f in feats)  # [b*n, M*d] each
+            g = torch.sigmoid(self.task_gates.forward_units(torch.cat([f_s, f_t], -1), slice(k, k + 1)))[:, 0]
+            logit = self.towers.forward_units((g * f_s + (1 - g) * f_t).unsqueeze(1), slice(k, k + 1))
+            out.append(logit.view(u.shape[0], n))
+        return torch.cat(out) if out else torch.zeros(0, n, device=users.device)
+
     def extra_loss(self, logits: torch.Tensor, labels: torch.Tensor | None, cache: Any) -> torch.Tensor | None:
         p, parts = self.params, {}
         if self._features is not None and (self.use_orth or self.use_aux):
