@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from polyrec.errors import PolyrecError, unknown_name
+from polyrec.utils.registry import registrar
 
 
 class BalancerParams(BaseModel):
@@ -64,12 +65,7 @@ class Balancer:
 BALANCERS: dict[str, type[Balancer]] = {}
 
 
-def register_balancer(name: str) -> Callable[[type[Balancer]], type[Balancer]]:
-    def deco(cls: type[Balancer]) -> type[Balancer]:
-        BALANCERS[name] = cls
-        return cls
-
-    return deco
+register_balancer: Callable[[str], Callable[[type[Balancer]], type[Balancer]]] = registrar(BALANCERS, "balancer")
 
 
 def resolve_name(name: str) -> str:

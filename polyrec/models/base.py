@@ -18,6 +18,7 @@ from torch import nn
 from polyrec.data.batching import Batch
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.models.spec import ModelSpec
+from polyrec.utils.registry import registrar
 
 
 @dataclass(frozen=True)
@@ -82,15 +83,7 @@ class MultiTaskModel(nn.Module):
 MODELS: dict[str, type[MultiTaskModel]] = {}
 
 
-def register(name: str) -> Callable[[type[MultiTaskModel]], type[MultiTaskModel]]:
-    def deco(cls: type[MultiTaskModel]) -> type[MultiTaskModel]:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        MODELS[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return deco
+register: Callable[[str], Callable[[type[MultiTaskModel]], type[MultiTaskModel]]] = registrar(MODELS, "model")
 
 
 def model_params(name: str, raw: dict[str, Any]) -> ModelParams:

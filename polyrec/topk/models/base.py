@@ -23,6 +23,7 @@ from torch import nn
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.models.base import Head, ModelParams
 from polyrec.topk.types import KnowledgeGraph, TopKData
+from polyrec.utils.registry import registrar
 
 
 @dataclass
@@ -155,15 +156,7 @@ class DotProductModel(TopKModel):
 TOPK_MODELS: dict[str, type[TopKModel]] = {}
 
 
-def register_topk(name: str) -> Callable[[type[TopKModel]], type[TopKModel]]:
-    def deco(cls: type[TopKModel]) -> type[TopKModel]:
-        if name in TOPK_MODELS:
-            raise ValueError(f"top-K model {name!r} registered twice")
-        TOPK_MODELS[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return deco
+register_topk: Callable[[str], Callable[[type[TopKModel]], type[TopKModel]]] = registrar(TOPK_MODELS, "top-K model")
 
 
 def validate_params(name: str, cls: type[ModelParams], raw: dict[str, Any]) -> ModelParams:
