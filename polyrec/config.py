@@ -57,6 +57,9 @@ class TrainConfig(_Strict):
     device: str = "cpu"
     balance: str = "auto"  # a balancer name; auto: the model's own (waata: metabalance), else sum
     balance_params: dict[str, Any] = Field(default_factory=dict)
+    # task: a head's loss is the mean over the batch (scenarios pooled); scenario_task: the sum over scenarios
+    # of the mean over each scenario's rows (the SAPENet paper's L = sum_s sum_t mean BCE)
+    loss_reduction: Literal["task", "scenario_task"] = "task"
     log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
     progress: bool = True
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard/ (needs the `track` extra)

@@ -438,3 +438,31 @@ def test_learns_labels_that_depend_only_on_the_scenario(variant):
         opt.step()
     assert loss.item() < 0.2 * 2 * math.log(2)
     assert ((model.eval()(batch) > 0).float() == labels).all()
+
+
+def test_per_scenario_task_loss_reduction_matches_the_spec_formula():
+    """L_t = sum_s mean_{i in s} BCE (train.loss_reduction=scenario_task), against a hand loop; the default
+    pools the scenarios (mean over the batch)."""
+    import torch.nn.functional as F
+
+    from polyrec.models.base import Head
+    from polyrec.train.losses import HeadLosses
+
+    torch.manual_seed(0)
+    logits = torch.randn(10, 2)
+    labels = (torch.rand(10, 2) > 0.5).float()
+    scenario = torch.tensor([1, 1, 1, 1, 1, 1, 2, 2, 3, 1])  # slot 0 (unknown) absent
+    heads = [Head("click", "click", "binary"), Head("like", "like", "binary")]
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    expected = sum(bce[scenario == s].mean(0) for s in (1, 2, 3))
+    got = HeadLosses(heads, ["click", "like"], per_scenario=True)(logits, labels, scenario)
+    assert torch.allclose(got, expected)
+    assert torch.allclose(HeadLosses(heads, ["click", "like"])(logits, labels, scenario), bce.mean(0))
+    # with a sample space: like only on clicked rows, per scenario
+    spaced = [heads[0], Head("like", "like", "binary", space="click")]
+    got = HeadLosses(spaced, ["click", "like"], per_scenario=True)(logits, labels, scenario)
+    clicked = labels[:, 0] == 1
+    want_like = sum(bce[(scenario == s) & clicked, 1].mean() for s in (1, 2, 3) if ((scenario == s) & clicked).any())
+    assert torch.allclose(got[1], torch.as_tensor(want_like))
+    with pytest.raises(ValueError, match="scenario"):
+        HeadLosses(heads, ["click", "like"], per_scenario=True)(logits, labels)

@@ -20,9 +20,9 @@ Forward pass, step by step as in docs/specs/sapenet.md (s: the sample's scenario
  6. f_{s,t} = h_t^PLE + alpha_s g_bar_s + alpha_t q_bar_t; logit_{s,t} = Tower_{s,t}(f_{s,t}).
     A sample of scenario s returns logit_{s,:} (all pairs computed, each sample gathers its own row:
     the other scenarios' towers get no gradient from it); y_hat = sigmoid(logit) outside the model.
-    Loss: the spec's is a BCE mean per (s, t) pair, summed over pairs; polyrec's trainer takes the
-    mean per task over the whole batch (scenarios pooled, i.e. pairs weighted by their share of the
-    batch, not equally), summed over tasks — a trainer matter, not the model's.
+    Loss: the spec's is a BCE mean per (s, t) pair, summed over pairs: `train.loss_reduction=scenario_task`
+    (a trainer setting, for any model). The default, `task`, takes the mean per task over the whole batch
+    (scenarios pooled, i.e. pairs weighted by their share of the batch, not equally).
 
 Choices where the paper/spec is silent:
 * Fields: categorical ids, then sequences (masked mean of their token embeddings), then numeric

@@ -80,6 +80,8 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
     from polyrec.train.run import RunResult, _seed_everything, check_run_dir
 
     assert cfg.topk is not None
+    if cfg.train.loss_reduction != "task":
+        raise PolyrecError("train.loss_reduction=scenario_task needs scenarios; top-K runs have none.")
     run_dir = Path(run_dir)
     check_run_dir(cfg, run_dir, resume)
     if cfg.train.threads:

@@ -1,7 +1,10 @@
 """Per-head losses on logits: BCE-with-logits for binary heads, MSE for regression heads.
 
 Each head's loss is the mean over the rows of its sample space in the batch; a head with no such
-row contributes 0 (not NaN) and no gradient.
+row contributes 0 (not NaN) and no gradient. With `per_scenario=True` (train.loss_reduction =
+scenario_task, the SAPENet paper's L = sum_s sum_t mean BCE over scenario s's samples) a head's loss is
+instead the sum over the scenarios present in the batch of the mean over that scenario's rows, so a
+small scenario weighs as much as a large one.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from polyrec.models.base import Head
 
 
 class HeadLosses:
-    def __init__(self, heads: Sequence[Head], task_names: Sequence[str]) -> None:
+    def __init__(self, heads: Sequence[Head], task_names: Sequence[str], per_scenario: bool = False) -> None:
+        self.per_scenario = per_scenario
         trained = [i for i, h in enumerate(heads) if h.train]
         self.names = [heads[i].name for i in trained]
         self.head_idx = torch.tensor(trained, dtype=torch.long)
@@ -26,8 +30,9 @@ class HeadLosses:
         self.binary = torch.tensor([heads[i].kind == "binary" for i in trained])
         self.all_binary = bool(self.binary.all())
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """logits [B, H], labels [B, T] -> losses [H_trained]."""
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor,
+                 scenario: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [B, H], labels [B, T] (, scenario ids [B] when per_scenario) -> losses [H_trained]."""
         out = logits.index_select(1, self.head_idx) if len(self.head_idx) != logits.shape[1] else logits
         y = labels.index_select(1, self.label_idx)
         if self.all_binary:
@@ -36,10 +41,18 @@ class HeadLosses:
             binary = self.binary.to(out.device)
             per_row = torch.where(binary, F.binary_cross_entropy_with_logits(out, y, reduction="none"),
                                   (out - y) ** 2)
-        if not self.has_space:
+        if not self.has_space and not self.per_scenario:
             return per_row.mean(0)
         mask = torch.ones_like(per_row)
-        cols = self.space_idx >= 0
-        space_labels = labels.index_select(1, self.space_idx.clamp(min=0).to(labels.device))
-        mask = torch.where(cols.to(labels.device), (space_labels == 1).to(per_row.dtype), mask)
-        return (per_row * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+        if self.has_space:
+            cols = self.space_idx >= 0
+            space_labels = labels.index_select(1, self.space_idx.clamp(min=0).to(labels.device))
+            mask = torch.where(cols.to(labels.device), (space_labels == 1).to(per_row.dtype), mask)
+        if not self.per_scenario:
+            return (per_row * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+        if scenario is None:
+            raise ValueError("per-scenario loss reduction needs the batch's scenario ids")
+        n_slots = int(scenario.max()) + 1 if scenario.numel() else 1
+        sums = per_row.new_zeros(n_slots, per_row.shape[1]).index_add_(0, scenario, per_row * mask)
+        counts = mask.new_zeros(n_slots, mask.shape[1]).index_add_(0, scenario, mask)
+        return (sums / counts.clamp(min=1.0)).sum(0)  # scenarios absent from the batch (count 0) add 0

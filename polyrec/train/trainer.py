@@ -72,7 +72,8 @@ class Trainer:
         self.model, self.cfg, self.balancer = model, cfg, balancer
         self.run_dir = Path(run_dir) if run_dir else None
         self.log = log
-        self.losses = HeadLosses(model.heads, self._task_names())
+        self.losses = HeadLosses(model.heads, self._task_names(),
+                                 per_scenario=cfg.loss_reduction == "scenario_task")
         self.optimizer = build_optimizer(model, cfg, balancer.parameters())
         self.shared = model.shared_parameters()
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode)
@@ -97,7 +98,7 @@ class Trainer:
         t0 = time.perf_counter()
         for batch, labels in table.batches(cfg.batch_size, shuffle=True, generator=gen):
             logits = model(batch)
-            losses = self.losses(logits, labels)
+            losses = self.losses(logits, labels, getattr(batch, "scenario", None))
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.backward(losses, model.extra_loss(logits, labels), self.shared)
             self.optimizer.step()
