@@ -101,7 +101,7 @@ def train(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. --set train.lr=0.01")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.epochs=N.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Shortcut for --set train.seed=N.")] = None,
-    balance: Annotated[Optional[str], typer.Option(help="Task balancer, e.g. sum.")] = None,
+    balance: Annotated[Optional[str], typer.Option(help="Task balancer: sum, fixed, uncertainty, gradnorm, dwa, pcgrad, metabalance (default auto: the model's own, else sum).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/DATASET-MODEL-TIME).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
