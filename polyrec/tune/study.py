@@ -194,6 +194,8 @@ def _check_same_study(saved: dict[str, Any], now: dict[str, Any], db: Path) -> N
         raise PolyrecError(f"{db} was started with --set keys {saved.get('fixed')}, now {now['fixed']}: "
                            "resume with the same --set keys, or use another --study-dir.")
     old, new = saved.get("base_config", {}), now["base_config"]
+    sections = lambda cfg: {s: (v or {}) for s, v in cfg.items()}  # noqa: E731  (an unset optional section is None)
+    old, new = sections(old), sections(new)
     diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {new[s].get(k)!r}" for s in new
              for k in sorted(set(old.get(s, {})) | set(new[s])) if old.get(s, {}).get(k) != new[s].get(k)]
     if diffs:
