@@ -13,7 +13,6 @@ config (the split is seeded, so it is the same one) and checks that the user/ite
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from typing import Any
 
 import torch
 
-from polyrec import __version__
 from polyrec.balance import build_balancer
 from polyrec.config import RunConfig, load_config
 from polyrec.errors import PolyrecError, close_matches
@@ -33,7 +31,7 @@ from polyrec.topk.trainer import (PairwiseTable, PointwiseTable, TopKTrainer, Tr
                                   score_matrix)
 from polyrec.topk.types import TopKData
 from polyrec.train.checkpoint import load_weights
-from polyrec.train.trainer import CHECKPOINT, WEIGHTS
+from polyrec.train.trainer import WEIGHTS
 from polyrec.utils.io import atomic_write_text
 
 DEFAULT_CTR_MONITOR = "overall/mean_auc"
@@ -77,7 +75,7 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
                    progress_factory: Callable[[int], Any] | None = None, download: bool = True,
                    epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
                    evaluate_test: bool = True):
-    from polyrec.train.run import RunResult, _seed_everything, check_run_dir
+    from polyrec.train.run import RunResult, _seed_everything, check_run_dir, run_summary
 
     assert cfg.topk is not None
     if cfg.train.loss_reduction != "task":
@@ -118,17 +116,9 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
     scores = score_matrix(model, data.n_users, cfg.topk.eval_users_chunk)
     splits = ("val", "test") if evaluate_test else ("val",)
     metrics = {s: evaluate_topk(model, data, s, cfg.topk.ks, cfg.topk.eval_users_chunk, scores) for s in splits}
-    result = {
-        "dataset": data.dataset, "model": cfg.model.name, "seed": cfg.train.seed, "kind": "topk",
-        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
-        "monitor": train_cfg.monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
-        "balance": train_cfg.balance,
-        "train_seconds": sum(h["train_seconds"] for h in fit.history),
-        "wall_seconds": time.perf_counter() - t0, "rows": {k: len(v) for k, v in data.splits.items()},
-        "data_notes": data.meta.get("notes", []),
-        "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        **metrics,
-    }
+    result = run_summary(data.dataset, cfg, train_cfg.monitor, fit, n_params, t0,
+                         {k: len(v) for k, v in data.splits.items()}, data.meta.get("notes", []), metrics,
+                         kind="topk", balance=train_cfg.balance)
     atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
     return RunResult(run_dir, result, fit.history)
 

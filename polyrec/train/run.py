@@ -87,6 +87,20 @@ def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
         raise PolyrecError(f"{run_dir} already holds a run. Use --resume to continue it, or choose another --out.")
 
 
+def run_summary(dataset: str, cfg: RunConfig, monitor: str, fit: Any, n_params: int, t0: float, rows: Any,
+                notes: list[str], metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """metrics.json of a finished run (CTR-style or top-K): what ran, how long, and the metrics per split."""
+    return {
+        "dataset": dataset, "model": cfg.model.name, "seed": cfg.train.seed, **extra,
+        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
+        "monitor": monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
+        "train_seconds": sum(h["train_seconds"] for h in fit.history),
+        "wall_seconds": time.perf_counter() - t0, "rows": rows, "data_notes": notes,
+        "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        **metrics,
+    }
+
+
 def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
               progress_factory: Callable[[int], Any] | None = None, download: bool = True,
               epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
@@ -129,15 +143,8 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
             tracker.close()
     metrics = {split: evaluate_table(model, tables[split], cfg.train.eval_batch_size, spec.scenario_names)
                for split in ("val", "test") if split in tables}
-    result = {
-        "dataset": data.dataset, "model": cfg.model.name, "seed": cfg.train.seed,
-        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
-        "monitor": cfg.train.monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
-        "train_seconds": sum(h["train_seconds"] for h in fit.history),
-        "wall_seconds": time.perf_counter() - t0, "rows": data.meta["rows"], "data_notes": data.meta["notes"],
-        "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        **metrics,
-    }
+    result = run_summary(data.dataset, cfg, cfg.train.monitor, fit, n_params, t0, data.meta["rows"],
+                         data.meta["notes"], metrics)
     gates = (gate_summary(model, tables["test"], spec.scenario_names, cfg.train.eval_batch_size)
              if "test" in tables else None)
     if gates:
