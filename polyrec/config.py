@@ -100,6 +100,14 @@ class RunConfig(_Strict):
 _KNOWN = model_keys(RunConfig, DataConfig, ModelConfig, TrainConfig, TopKConfig)
 
 
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'section.key: old -> new' for every key two dumped configs disagree on (an unset section is {})."""
+    old = {s: (v or {}) for s, v in old.items()}
+    new = {s: (v or {}) for s, v in new.items()}
+    return [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {new[s].get(k)!r}" for s in new
+            for k in sorted(set(old.get(s, {})) | set(new[s])) if old.get(s, {}).get(k) != new[s].get(k)]
+
+
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply 'train.lr=0.01' (value parsed as YAML) to a nested dict, naming unknown sections."""
     if "=" not in assignment:

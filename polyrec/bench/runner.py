@@ -33,7 +33,7 @@ from polyrec import __version__
 from polyrec.bench.aggregate import run_dir as _run_dir
 from polyrec.bench.aggregate import write_results
 from polyrec.bench.spec import Experiment, Row
-from polyrec.config import RunConfig, load_config
+from polyrec.config import RunConfig, config_differences, load_config
 from polyrec.errors import PolyrecError
 from polyrec.train.run import train_run
 from polyrec.train.trainer import CHECKPOINT
@@ -195,14 +195,7 @@ def plan(exp: Experiment, bench_dir: Path) -> list[PlannedRun]:
 def _diff(old: Any, new: dict[str, Any]) -> str:
     if not isinstance(old, dict):
         return "its config.yaml is unreadable"
-    out = []
-    for section, values in new.items():
-        values = values or {}  # an optional section (topk) that is unset
-        before = old.get(section) or {}
-        for k in sorted(set(values) | set(before)):
-            if before.get(k) != values.get(k):
-                out.append(f"{section}.{k}: {before.get(k)!r} -> {values.get(k)!r}")
-    return "; ".join(out[:4]) or "differs"
+    return "; ".join(config_differences(old, new)[:4]) or "differs"
 
 
 # --- running ----------------------------------------------------------------------------------------------

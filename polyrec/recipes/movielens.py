@@ -103,10 +103,9 @@ class MovieLens100K(_MovieLens):
         extract_members(wheel, "recbole/dataset_example/ml-100k/", d)
         verify_sha256({d / name: digest for name, digest in RECBOLE_SHA256.items()})
 
-    def load(self, files: dict[str, Path], options: dict[str, Any]) -> RawData:
-        if files["inter"].name == "u.data":
-            ratings = read_delimited(files["inter"], "\t", ["user_id", "item_id", "rating", "timestamp"])
-            users = read_delimited(files["user"], "|", ["user_id", "age", "gender", "occupation", "zip"])
+    def items(self, files: dict[str, Path]) -> pa.Table:
+        """The item file (every movie, rated or not): item_id, title, release_year, genres ("a|b")."""
+        if files["item"].name == "u.item":
             genre_names = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
                            "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
                            "Romance", "Sci-Fi", "Thriller", "War", "Western"]
@@ -114,17 +113,23 @@ class MovieLens100K(_MovieLens):
             raw = read_delimited(files["item"], "|", cols, encoding="latin-1")
             flags = np.stack([raw[g].to_numpy(zero_copy_only=False) == "1" for g in genre_names], axis=1)
             genres = ["|".join(g for g, f in zip(genre_names, row) if f) for row in flags]
-            items = pa.table({"item_id": raw["item_id"], "title": raw["title"],
-                              "release_year": pc.utf8_slice_codeunits(raw["release_date"], -4),
-                              "genres": pa.array(genres)})
+            return pa.table({"item_id": raw["item_id"], "title": raw["title"],
+                             "release_year": pc.utf8_slice_codeunits(raw["release_date"], -4),
+                             "genres": pa.array(genres)})
+        # RecBole atomic file (typed header line)
+        raw = read_delimited(files["item"], "\t", ["item_id", "title", "release_year", "class"], header=True,
+                             encoding="latin-1")
+        return pa.table({"item_id": raw["item_id"], "title": raw["title"], "release_year": raw["release_year"],
+                         "genres": pc.replace_substring(raw["class"], " ", "|")})
+
+    def load(self, files: dict[str, Path], options: dict[str, Any]) -> RawData:
+        if files["inter"].name == "u.data":
+            ratings = read_delimited(files["inter"], "\t", ["user_id", "item_id", "rating", "timestamp"])
+            users = read_delimited(files["user"], "|", ["user_id", "age", "gender", "occupation", "zip"])
         else:  # RecBole atomic files (typed header line)
             ratings = read_delimited(files["inter"], "\t", ["user_id", "item_id", "rating", "timestamp"], header=True)
             users = read_delimited(files["user"], "\t", ["user_id", "age", "gender", "occupation", "zip"], header=True)
-            raw = read_delimited(files["item"], "\t", ["item_id", "title", "release_year", "class"], header=True,
-                                 encoding="latin-1")
-            items = pa.table({"item_id": raw["item_id"], "title": raw["title"],
-                              "release_year": raw["release_year"],
-                              "genres": pc.replace_substring(raw["class"], " ", "|")})
+        items = self.items(files)
         ratings = _with_row(ratings).set_column(3, "timestamp", pc.cast(pc.cast(ratings["timestamp"], pa.float64()), pa.int64()))
         users = users.set_column(1, "age", pc.cast(users["age"], pa.int64()))
         users = users.set_column(4, "zip_prefix", pc.utf8_slice_codeunits(users["zip"], 0, 3))
@@ -164,16 +169,19 @@ class MovieLens1M(_MovieLens):
             ) from None
         extract_members(zpath, "ml-1m/", d)
 
+    def items(self, files: dict[str, Path]) -> pa.Table:
+        """movies.dat (every movie, rated or not): item_id, title, genres ("a|b"), release_year."""
+        movies = read_delimited(files["movies"], "::", ["item_id", "title", "genres"], encoding="latin-1")
+        year = pc.struct_field(pc.extract_regex(movies["title"], r"\((?P<y>\d{4})\)\s*$"), [0])
+        return movies.append_column("release_year", pc.fill_null(year, "unknown"))
+
     def load(self, files: dict[str, Path], options: dict[str, Any]) -> RawData:
         ratings = read_delimited(files["ratings"], "::", ["user_id", "item_id", "rating", "timestamp"])
         users = read_delimited(files["users"], "::", ["user_id", "gender", "age", "occupation", "zip"])
-        movies = read_delimited(files["movies"], "::", ["item_id", "title", "genres"], encoding="latin-1")
         ratings = _with_row(ratings).set_column(3, "timestamp", pc.cast(ratings["timestamp"], pa.int64()))
         users = users.set_column(2, "age", pc.cast(users["age"], pa.int64()))
         users = users.append_column("zip_prefix", pc.utf8_slice_codeunits(users["zip"], 0, 3))
-        year = pc.struct_field(pc.extract_regex(movies["title"], r"\((?P<y>\d{4})\)\s*$"), [0])
-        movies = movies.append_column("release_year", pc.fill_null(year, "unknown"))
-        table = _labels(_join(ratings, users, movies))
+        table = _labels(_join(ratings, users, self.items(files)))
         notes = [f"{table.num_rows} ratings from {files['ratings'].relative_to(files['users'].parent)}"]
         if "subset" in str(files["ratings"]):
             notes.append("PARTIAL ratings: the users 1-2999 subset, not the official full ratings.dat")

@@ -8,7 +8,6 @@ exactly the rows the CTR runs read. Tasks are implicit feedback derived from the
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from polyrec.data.io import read_delimited
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.recipes.prepare import get_recipe, locate_or_download
 from polyrec.settings import data_dir
 from polyrec.topk.kg import build_ckg, ckg_stats, kg_paths, load_kg_files
 from polyrec.topk.types import Interactions, TopKData
+from polyrec.utils.download import sha256_file
 
 TASKS = ("like", "click")
 SPLITS = ("train", "val", "test")
@@ -97,26 +96,11 @@ def index_ids(raw: np.ndarray, extra: np.ndarray | None = None) -> tuple[np.ndar
     return rank[inv[: len(raw)]], uniq[order].tolist()
 
 
-def _catalog(dataset: str, files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+def _catalog(recipe: Any, files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
     """(item ids, titles) of the dataset's item file: the item index space includes never-rated items."""
-    if dataset == "movielens-1m":
-        t = read_delimited(files["movies"], "::", ["item_id", "title", "genres"], encoding="latin-1")
-    elif files["item"].name == "u.item":
-        t = read_delimited(files["item"], "|", ["item_id", "title"] + [f"c{k}" for k in range(22)],
-                           encoding="latin-1")
-    else:
-        t = read_delimited(files["item"], "\t", ["item_id", "title", "release_year", "class"], header=True,
-                           encoding="latin-1")
-    as_str = lambda col: t[col].to_numpy(zero_copy_only=False).astype(str)  # noqa: E731
+    items = recipe.items(files)
+    as_str = lambda col: items[col].to_numpy(zero_copy_only=False).astype(str)  # noqa: E731
     return as_str("item_id"), as_str("title")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pick_tasks(tasks: list[str] | None) -> list[str]:
@@ -168,7 +152,7 @@ def load_topk(
         raise PolyrecError(f"{dataset}: {ts_col.null_count} interactions have no timestamp.")
     timestamp = ts_col.to_numpy(zero_copy_only=False).astype(np.int64)
 
-    cat_ids, cat_titles = _catalog(dataset, files)
+    cat_ids, cat_titles = _catalog(recipe, files)
     user, user_ids = index_ids(table["user_id"].to_numpy(zero_copy_only=False))
     item, item_ids = index_ids(table["item_id"].to_numpy(zero_copy_only=False), cat_ids)
     n_users, n_items = len(user_ids), len(item_ids)
@@ -187,12 +171,12 @@ def load_topk(
         idx = np.flatnonzero(part == k)
         splits[name] = Interactions(user[idx], item[idx], labels[idx], timestamp[idx])
 
-    fingerprints = {p.name: sha256(p) for p in files.values()}
+    fingerprints = {p.name: sha256_file(p) for p in files.values()}
     graph, kg_meta = None, {}
     if with_kg and dataset in KG_NAMES:
         folder = data_dir() / recipe.folder
         triples, links = load_kg_files(folder, KG_NAMES[dataset])
-        fingerprints.update({p.name: sha256(p) for p in kg_paths(folder, KG_NAMES[dataset]).values()})
+        fingerprints.update({p.name: sha256_file(p) for p in kg_paths(folder, KG_NAMES[dataset]).values()})
         graph = build_ckg(splits["train"], n_users, n_items, item_ids, triples, links)
         kg_meta = ckg_stats(graph, item_ids, links)
         notes.append(f"CKG: {kg_meta['n_entities']} entities, {kg_meta['n_relations']} relations, "

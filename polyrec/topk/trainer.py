@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from polyrec.errors import PolyrecError
+from polyrec.metrics.report import flatten
 from polyrec.metrics.topk import interaction_matrix, topk_metrics
 from polyrec.models.base import Head
 from polyrec.topk.models.base import TopKModel
@@ -187,8 +188,6 @@ class TopKTrainer(Trainer):
         return super()._train_epoch(table, epoch, step, progress)
 
     def _validate(self, val: Any, scenario_names: list[str]) -> dict[str, float]:
-        from polyrec.metrics.report import flatten
-
         metrics = evaluate_topk(self.model.model, self.data, "val", self.ks, self.chunk)
         self.model.train()
         return flatten(metrics)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polyrec.config import RunConfig
+from polyrec.config import RunConfig, config_differences
 from polyrec.errors import PolyrecError
 from polyrec.train.monitor import Monitor
 from polyrec.tune.search import Param, apply_overrides, sample, search_space
@@ -193,11 +193,7 @@ def _check_same_study(saved: dict[str, Any], now: dict[str, Any], db: Path) -> N
     if saved.get("fixed") != now["fixed"]:
         raise PolyrecError(f"{db} was started with --set keys {saved.get('fixed')}, now {now['fixed']}: "
                            "resume with the same --set keys, or use another --study-dir.")
-    old, new = saved.get("base_config", {}), now["base_config"]
-    sections = lambda cfg: {s: (v or {}) for s, v in cfg.items()}  # noqa: E731  (an unset optional section is None)
-    old, new = sections(old), sections(new)
-    diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {new[s].get(k)!r}" for s in new
-             for k in sorted(set(old.get(s, {})) | set(new[s])) if old.get(s, {}).get(k) != new[s].get(k)]
+    diffs = config_differences(saved.get("base_config", {}), now["base_config"])
     if diffs:
         raise PolyrecError(f"{db} was started with another base config ({'; '.join(diffs[:5])}): resume with the "
                            "same --config/--set, or use another --study-dir.")

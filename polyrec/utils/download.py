@@ -50,12 +50,21 @@ def extract_members(archive: Path, prefix: str, dest: Path) -> list[Path]:
     return out
 
 
-def verify_sha256(expected: dict[Path, str]) -> None:
-    """Check downloaded files against known digests; a mismatch removes the file and raises."""
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a whole file, read in 1 MiB blocks."""
     import hashlib
 
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(expected: dict[Path, str]) -> None:
+    """Check downloaded files against known digests; a mismatch removes the file and raises."""
     for path, digest in expected.items():
-        actual = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        actual = sha256_file(path)
         if actual != digest:
             Path(path).unlink()
             raise PolyrecError(f"{path} failed its checksum (sha256 {actual}, expected {digest}); removed it.")
