@@ -9,6 +9,7 @@ Usage:
   python benchmarks/select_lr.py GRID_DIR [GRID_DIR ...] --template EXPERIMENT.yaml --out TUNED.yaml
 (several grid folders, e.g. one per dataset with its own lr grid, are merged)
 (the template gives everything but the rows' learning rates: name, datasets, seeds, base, ...)
+  --same-lr ROW=FROM   a template row not in the grid takes FROM's chosen rate (e.g. an ablation of FROM)
 """
 
 from __future__ import annotations
@@ -47,7 +48,15 @@ def main() -> None:
     ap.add_argument("--template", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--mode", choices=["max", "min"], default="max", help="max for AUC monitors, min for losses")
+    ap.add_argument("--same-lr", action="append", default=[], metavar="ROW=FROM",
+                    help="template row ROW (not searched) takes row FROM's chosen rate; repeatable")
     args = ap.parse_args()
+    same = {}
+    for item in args.same_lr:
+        row, sep, source = item.partition("=")
+        if not sep or not row or not source:
+            raise SystemExit(f"--same-lr expects ROW=FROM, got {item!r}")
+        same[row] = source
     found: dict[str, dict[str, dict[float, list[float]]]] = {}
     for grid in args.grid:
         for ds, rows in collect(grid).items():
@@ -63,6 +72,11 @@ def main() -> None:
             pick = (max if args.mode == "max" else min)(means, key=means.get)
             chosen.setdefault(row, {})[ds] = pick
             print(f"{ds:<16} {row:<22} {pick:>8g}  " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in means.items()))
+    for row, source in same.items():
+        if source not in chosen:
+            raise SystemExit(f"--same-lr {row}={source}: {source!r} has no finished grid runs")
+        chosen[row] = dict(chosen[source])
+        print(f"{'(all)':<16} {row:<22} same rate as {source}")
     rows = []
     for item in template["rows"]:
         label = item if isinstance(item, str) else item.get("label") or item["model"]
