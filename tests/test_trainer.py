@@ -218,3 +218,16 @@ def test_caches_and_runs_stay_out_of_the_home_directory(tiny_recipe, tmp_path):
     data = prepare(tiny_config().data, seed=1, log=quiet)
     assert data.entry.parent == cache_dir()
     assert not str(cache_dir()).startswith(str(_P.home() / ".cache"))
+
+
+def test_adamw_without_weight_decay_warns_that_it_is_adam():
+    from polyrec.config import TrainConfig
+    from polyrec.train.optim import build_optimizer
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 1))
+    with pytest.warns(UserWarning, match="exactly Adam"):
+        build_optimizer(model, TrainConfig(optimizer="adamw"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = build_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.01))
+    assert isinstance(opt, torch.optim.AdamW) and {g["weight_decay"] for g in opt.param_groups} == {0.01, 0.0}

@@ -8,6 +8,7 @@ decaying every row's Adam moments on every step as a dense optimiser does.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -90,6 +91,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig,
     emb = [m.weight for m in embeddings if m.weight.requires_grad]
     rest = [p for p in model.parameters() if id(p) not in emb_ids and p.requires_grad]
     rest += list(extra or [])
+    if cfg.optimizer == "adamw" and not (cfg.weight_decay or cfg.embedding_weight_decay):
+        # AdamW differs from Adam only by its decoupled decay: without one, a comparison of the two compares nothing
+        warnings.warn("train.optimizer=adamw with no weight decay is exactly Adam; set train.weight_decay "
+                      "(PyTorch's AdamW default is 0.01).", UserWarning, stacklevel=2)
     sparse = use_sparse(model, cfg)
     for m in embeddings:
         m.sparse = sparse  # read at lookup time by the input layer
