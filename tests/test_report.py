@@ -212,3 +212,22 @@ def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
     assert _console_lines(proc.stderr) == []
     assert f'data-images="{EXPECTED_FIGURES}/{EXPECTED_FIGURES}"' in proc.stdout
     assert proc.stdout.count("<figure") == EXPECTED_FIGURES
+
+
+def test_the_per_cell_figure_judges_top_k_heads_by_ndcg():
+    from polyrec.bench.report import _head_metric
+    assert _head_metric({"auc": 0.7, "logloss": 0.5}) == "auc"
+    assert _head_metric({"rmse": 0.9}) == "rmse"
+    assert _head_metric({"recall@20": 0.3, "ndcg@10": 0.2, "ndcg@20": 0.25}) == "ndcg@20"  # a top-K head: no AUC
+    assert _head_metric({"recall@5": 0.3, "ndcg@5": 0.2}) == "ndcg@5"
+    assert _head_metric({"users": 10.0}) is None
+
+
+def test_a_bench_rerun_with_fewer_seeds_reports_only_those(bench_dir, tmp_path):
+    subset = tmp_path / "bench"
+    shutil.copytree(bench_dir, subset)
+    spec = yaml.safe_load((subset / "bench.yaml").read_text())
+    (subset / "bench.yaml").write_text(yaml.safe_dump({**spec, "seeds": [1]}))  # seed 0 stays on disk
+    bench = load_bench(subset)
+    assert {r.seed for r in bench.runs} == {1}
+    assert {r["label"]: r["seeds_ok"] for r in summarize(bench)[DATASET]}["mmoe/adam"] == 1

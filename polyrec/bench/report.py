@@ -158,6 +158,10 @@ def load_bench(bench_dir: str | Path) -> Bench:
     by_form = {form: lb for lb in reversed(spec_labels) for form in _label_forms(lb)}
     for lb in spec_labels:  # an exact folder name always wins over another label's slug
         by_form[lb] = lb
+    # a bench re-run with fewer seeds than are on disk (e.g. --seeds 0,1,2 while seed 3 trains) reports those
+    # seeds only, as results.md does
+    seeds = spec.get("seeds")
+    wanted = {int(s) for s in seeds} if isinstance(seeds, list) and all(isinstance(s, int) for s in seeds) else None
     runs: list[Run] = []
     disk_datasets: list[str] = []
     if runs_root.is_dir():
@@ -165,7 +169,7 @@ def load_bench(bench_dir: str | Path) -> Bench:
             disk_datasets.append(ds_dir.name)
             for seed_dir in sorted(ds_dir.rglob("seed*")):
                 m = _SEED_DIR.match(seed_dir.name)
-                if not m or not seed_dir.is_dir():
+                if not m or not seed_dir.is_dir() or (wanted is not None and int(m.group(1)) not in wanted):
                     continue
                 rel = seed_dir.parent.relative_to(ds_dir).as_posix()
                 if rel == ".":
@@ -215,11 +219,12 @@ def mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
 
 
 def _head_metric(cell: dict[str, Any]) -> str | None:
-    """The metric a head is judged by: AUC for binary heads, RMSE for regression heads."""
-    for key in ("auc", "rmse"):
+    """The metric a head is judged by: AUC for binary heads, RMSE for regression heads, NDCG@20 (else the
+    first NDCG@K) for top-K runs, which have no AUC."""
+    for key in ("auc", "rmse", "ndcg@20"):
         if key in cell:
             return key
-    return None
+    return next((k for k in cell if k.startswith("ndcg@")), None)
 
 
 def _test_cell(run: Run, scenario: str, head: str) -> dict[str, Any]:
@@ -350,8 +355,8 @@ def _auc_bars(figs: _Figures, bench: Bench, dataset: str) -> Figure | None:
     fig.legend(handles, names, loc="outside right center", fontsize=8, title="row (successful seeds)",
                title_fontsize=8)
     fig.suptitle(f"{dataset}: test metric per (scenario, head) cell and row")
-    caption = ("Bars: mean over seeds; error bars: standard deviation over seeds (n = successful seeds). "
-               "The y axis is zoomed to the data and does not start at 0.")
+    caption = "Bars: mean over seeds; error bars: standard deviation over seeds (n = successful seeds)." + (
+        " The AUC axis is zoomed to the data and does not start at 0." if "auc" in metric_names else "")
     return Figure(f"{dataset}: test {'/'.join(sorted(set(metric_names))).upper()} per cell", figs.png(fig), caption)
 
 
