@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -226,7 +227,6 @@ def test_adamw_without_weight_decay_warns_that_it_is_adam():
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 1))
     with pytest.warns(UserWarning, match="exactly Adam"):
         build_optimizer(model, TrainConfig(optimizer="adamw"))
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt = build_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.01))

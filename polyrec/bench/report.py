@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 
 from polyrec.errors import PolyrecError
+from polyrec.metrics.topk import headline_key
 from polyrec.utils.io import atomic_write_text
 
 REPORT = "report.html"
@@ -219,12 +220,12 @@ def mean_std(values: Iterable[Any]) -> tuple[float, float, int]:
 
 
 def _head_metric(cell: dict[str, Any]) -> str | None:
-    """The metric a head is judged by: AUC for binary heads, RMSE for regression heads, NDCG@20 (else the
-    first NDCG@K) for top-K runs, which have no AUC."""
-    for key in ("auc", "rmse", "ndcg@20"):
+    """The metric a head is judged by: AUC for binary heads, RMSE for regression heads, the top-K headline
+    (NDCG@20) for top-K runs, which have no AUC."""
+    for key in ("auc", "rmse"):
         if key in cell:
             return key
-    return next((k for k in cell if k.startswith("ndcg@")), None)
+    return headline_key(cell)
 
 
 def _test_cell(run: Run, scenario: str, head: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from polyrec.bench.aggregate import write_results
 from polyrec.bench.spec import Experiment, Row
 from polyrec.config import RunConfig, config_differences, load_config
 from polyrec.errors import PolyrecError
+from polyrec.metrics.topk import headline_key
 from polyrec.train.run import train_run
 from polyrec.train.trainer import CHECKPOINT
 from polyrec.utils.io import atomic_write_text
@@ -205,7 +206,7 @@ def headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
     if test.get("ranking"):  # top-K run: the target task's NDCG@20 (or its first metric)
         target = test["ranking"]["by"]
         m = (test.get("heads") or {}).get(target) or {}
-        key = "ndcg@20" if "ndcg@20" in m else next((k for k in m if "@" in k), None)
+        key = headline_key(m)
         return (f"{target}/{key}", float(m[key])) if key else None
     if (test.get("overall") or {}).get("auc") is not None:
         return "overall/auc", float(test["overall"]["auc"])

@@ -27,6 +27,14 @@ from polyrec.topk.types import Interactions
 METRICS = ("recall", "ndcg", "hit", "mrr")
 
 
+def headline_key(metrics: dict[str, float]) -> str | None:
+    """The one number a top-K head is summarised by (progress lines, report figures): NDCG@20, else the
+    first NDCG@K, else the first metric@K."""
+    if "ndcg@20" in metrics:
+        return "ndcg@20"
+    return next((k for k in metrics if k.startswith("ndcg@")), None) or next((k for k in metrics if "@" in k), None)
+
+
 def interaction_matrix(inter: Interactions, n_users: int, n_items: int, task: int | None = None) -> sp.csr_matrix:
     """Binary float32 CSR [n_users, n_items] of the rows positive for `task` (all rows when None), deduplicated."""
     keep = np.ones(len(inter), dtype=bool) if task is None else inter.labels[:, task] == 1
