@@ -52,14 +52,14 @@ def main() -> None:
                 for name, value in metrics.items():
                     results.setdefault(split, {}).setdefault(f"{task}/{name}", []).append(float(value))
     cols = [f"{t}/{m}@{k}" for t in ("like", "click") for m in ("recall", "ndcg") for k in ks]
-    print(f"most-popular on {args.dataset} (test, mean ± std over split seeds {args.seeds})")
+    print(f"most-popular on {args.dataset} (test, mean ± std (ddof=1) over split seeds {args.seeds})")
     print("| split | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for split, metrics in results.items():
         cells = []
         for c in cols:
             v = metrics.get(c, [])
-            cells.append(f"{statistics.fmean(v):.4f} ± {statistics.pstdev(v):.4f}" if v else "-")
+            cells.append(f"{statistics.fmean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.4f}" if v else "-")
         print(f"| {split} | " + " | ".join(cells) + " |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), "test": results}, indent=1))
