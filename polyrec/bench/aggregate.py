@@ -304,14 +304,14 @@ def dataset_markdown(ds: str, res: dict[str, Any], seeds: list[int], alpha: floa
         n_pairs = max((t["n"] for t in table["tests"].values() if t), default=0)
         lines += [
             "Statistics: the t-test pairs each row's value on seed k with the other row's value on seed k; "
-            "the pairing is valid because seed k fixes both the data split and the initialisation for every "
-            "row. It assumes the per-seed differences are roughly normal and the seeds independent (they are "
+            "the pairing is valid because seed k fixes the data split (when it is random) and the "
+            "initialisation for every row. It assumes the per-seed differences are roughly normal and the seeds independent (they are "
             "separate trainings, but rows share the split of a seed, which is the point of pairing). "
             "Rows with fewer than 2 shared seeds, or whose differences are all equal, get no test (p shown as —)"
             " and no star. The Wilcoxon signed-rank p (exact, two-sided) is a secondary check that drops the "
             "normality assumption; with n paired seeds its smallest possible value is 2/2^n"
-            + (f" = {min_wilcoxon_p(n_pairs):.4g} for n = {n_pairs}" if n_pairs else "")
-            + " — with 5 seeds it is 0.0625, so it can never reach 0.05 (6 seeds are needed). "
+            + (f" = {min_wilcoxon_p(n_pairs):.4g} here (n = {n_pairs})" if n_pairs else "")
+            + ", so it can reach 0.05 only from 6 seeds on. "
             "No correction is made for testing many columns.", ""]
         cost = []
         for lb, info in rows.items():
