@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +122,56 @@ def test_task_selection_and_errors(ml100k):
 
 
 def test_missing_kg_files_are_named(tmp_path, monkeypatch, ml100k):
-    from polyrec.settings import data_dir
-
-    src = data_dir() / "ml-100k"
-    (tmp_path / "ml-100k").mkdir()
-    for ext in ("inter", "user", "item"):
-        (tmp_path / "ml-100k" / f"ml-100k.{ext}").symlink_to(src / f"ml-100k.{ext}")
-    monkeypatch.setenv("POLYREC_DATA", str(tmp_path))
+    _kg_only_folder(tmp_path, monkeypatch)
     with pytest.raises(PolyrecError, match=r"ml-100k\.kg.*ml-100k\.link"):
         load_topk("movielens-100k", download=False, log=quiet)
     assert load_topk("movielens-100k", with_kg=False, download=False, log=quiet).graph is None
+
+
+def _kg_only_folder(tmp_path, monkeypatch):
+    """A data dir holding ML-100K's ratings (symlinked) but not its KG files; returns the real folder."""
+    from polyrec.settings import data_dir
+
+    src = data_dir() / "ml-100k"
+    (tmp_path / "ml-100k").mkdir(parents=True)
+    for ext in ("inter", "user", "item"):
+        (tmp_path / "ml-100k" / f"ml-100k.{ext}").symlink_to(src / f"ml-100k.{ext}")
+    monkeypatch.setenv("POLYREC_DATA", str(tmp_path))
+    return src
+
+
+def _fake_recbole_wheel(tmp_path, src, tamper=False):
+    """A zip laid out like the recbole wheel, holding the real KG files (optionally with one byte changed)."""
+    wheel = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name in ("ml-100k.kg", "ml-100k.link"):
+            data = (src / name).read_bytes()
+            if tamper and name.endswith(".link"):
+                data = data[:-1] + b"#"
+            zf.writestr(f"recbole/dataset_example/ml-100k/{name}", data)
+    return wheel
+
+
+def test_missing_kg_files_are_downloaded_and_checked(tmp_path, monkeypatch, ml100k):
+    import polyrec.recipes.movielens as movielens
+
+    src = _kg_only_folder(tmp_path / "data", monkeypatch)
+    asked = []
+    wheel = _fake_recbole_wheel(tmp_path, src)
+    monkeypatch.setattr(movielens, "pip_wheel", lambda req, log=print: asked.append(req) or wheel)
+    data = load_topk("movielens-100k", download=True, log=quiet)
+    assert asked == ["recbole==1.2.1"]
+    assert data.graph is not None and data.meta["kg"] == ml100k.meta["kg"]
+    for name in ("ml-100k.kg", "ml-100k.link"):
+        assert (tmp_path / "data" / "ml-100k" / name).read_bytes() == (src / name).read_bytes()
+
+    # a file that does not match the known digest is removed and named, never used
+    (tmp_path / "data" / "ml-100k" / "ml-100k.link").unlink()
+    bad = _fake_recbole_wheel(tmp_path, src, tamper=True)
+    monkeypatch.setattr(movielens, "pip_wheel", lambda req, log=print: bad)
+    with pytest.raises(PolyrecError, match=r"ml-100k\.link failed its checksum"):
+        load_topk("movielens-100k", download=True, log=quiet)
+    assert not (tmp_path / "data" / "ml-100k" / "ml-100k.link").exists()
 
 
 def test_movielens_1m_has_no_graph(tmp_path, monkeypatch):

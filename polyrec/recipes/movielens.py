@@ -30,6 +30,8 @@ RECBOLE_SHA256 = {
     "ml-100k.link": "524dca2c3d62619688ab99b3ec53ea2acb9b64d38eafec3e02bdd0dc6bb7d948",
 }
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+RECBOLE_WHEEL = "recbole==1.2.1"
+RECBOLE_FOLDER = "recbole/dataset_example/ml-100k/"
 
 
 def age_bucket(age: pa.ChunkedArray) -> pa.Array:
@@ -99,9 +101,20 @@ class MovieLens100K(_MovieLens):
             return
         except OSError as exc:
             log(f"GroupLens not reachable ({exc}); using the copy shipped in the recbole 1.2.1 wheel")
-        wheel = pip_wheel("recbole==1.2.1", log=log)
-        extract_members(wheel, "recbole/dataset_example/ml-100k/", d)
+        wheel = pip_wheel(RECBOLE_WHEEL, log=log)
+        extract_members(wheel, RECBOLE_FOLDER, d)
         verify_sha256({d / name: digest for name, digest in RECBOLE_SHA256.items()})
+
+    def download_kg(self, root: Path, log: Callable[[str], None]) -> None:
+        """The Freebase KG (`ml-100k.kg`, `ml-100k.link`): GroupLens's zip does not have it, RecBole's wheel does."""
+        d = root / self.folder
+        d.mkdir(parents=True, exist_ok=True)
+        log(f"{self.name}: knowledge-graph files not found under {d}; fetching them from {RECBOLE_WHEEL}")
+        wheel = pip_wheel(RECBOLE_WHEEL, log=log)
+        names = ("ml-100k.kg", "ml-100k.link")
+        for name in names:
+            extract_members(wheel, RECBOLE_FOLDER + name, d)
+        verify_sha256({d / name: RECBOLE_SHA256[name] for name in names})
 
     def items(self, files: dict[str, Path]) -> pa.Table:
         """The item file (every movie, rated or not): item_id, title, release_year, genres ("a|b")."""

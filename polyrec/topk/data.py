@@ -175,6 +175,8 @@ def load_topk(
     graph, kg_meta = None, {}
     if with_kg and dataset in KG_NAMES:
         folder = data_dir() / recipe.folder
+        if download and not all(p.exists() for p in kg_paths(folder, KG_NAMES[dataset]).values()):
+            recipe.download_kg(data_dir(), log)  # type: ignore[attr-defined]
         triples, links = load_kg_files(folder, KG_NAMES[dataset])
         fingerprints.update({p.name: sha256_file(p) for p in kg_paths(folder, KG_NAMES[dataset]).values()})
         graph = build_ckg(splits["train"], n_users, n_items, item_ids, triples, links)

@@ -35,8 +35,8 @@ def load_kg_files(folder: str | Path, name: str | None = None) -> tuple[np.ndarr
     if missing:
         raise PolyrecError(
             f"Knowledge-graph files missing: {', '.join(missing)}. RecBole ships them for ml-100k "
-            "(recbole 1.2.1 wheel, recbole/dataset_example/ml-100k/); copy them there or load without the KG "
-            "(with_kg=False)."
+            "(recbole 1.2.1 wheel, recbole/dataset_example/ml-100k/): allow downloads and polyrec fetches them, "
+            "copy them there yourself, or load without the KG (with_kg=False)."
         )
     kg = read_delimited(paths["kg"], "\t", ["head_id", "relation_id", "tail_id"], header=True)
     triples = np.stack([kg[c].to_numpy(zero_copy_only=False).astype(str) for c in kg.column_names], axis=1)
