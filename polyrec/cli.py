@@ -165,13 +165,15 @@ def recommend(
     run_dir: Annotated[Path, typer.Argument(help="A finished top-K run folder (polyrec train --topk).")],
     user: Annotated[str, typer.Option("--user", help="Raw user id, as in the dataset.")],
     k: Annotated[int, typer.Option("--k", help="How many items.")] = 20,
+    keep_test: Annotated[bool, typer.Option(
+        "--keep-test", help="Leave the user's test-split items in the ranking (as the test metrics do).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
 ) -> None:
-    """Top-K items for a user (excluding items they already interacted with in train/validation)."""
+    """Top-K items for a user, never one they have already rated."""
     from polyrec.topk.run import load_topk_run, recommend as recommend_items
 
     run = load_topk_run(run_dir, log=err_console.print)
-    items = recommend_items(run, user, k)
+    items = recommend_items(run, user, k, keep_test=keep_test)
     if json_out:
         console.print_json(json.dumps(items))
         return

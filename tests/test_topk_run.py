@@ -112,9 +112,14 @@ def test_recommend_excludes_seen_items_and_names_titles(tiny, tmp_path):
     data = run.data
     user = data.user_ids[3]
     recs = topk_run.recommend(run, user, k=N_ITEMS)
-    seen = {int(i) for s in ("train", "val") for i in data.splits[s].item[data.splits[s].user == 3]}
+    rated = {s: {int(i) for i in data.splits[s].item[data.splits[s].user == 3]} for s in ("train", "val", "test")}
+    assert rated["test"] - rated["train"] - rated["val"]  # the tiny data gives user 3 test-only items
+    seen = rated["train"] | rated["val"] | rated["test"]
     got = [data.item_ids.index(r["item_id"]) for r in recs]
     assert not seen & set(got) and len(got) == N_ITEMS - len(seen)
+    # --keep-test: the test items come back into the ranking, train and validation items never do
+    kept = [data.item_ids.index(r["item_id"]) for r in topk_run.recommend(run, user, k=N_ITEMS, keep_test=True)]
+    assert set(kept) == set(range(N_ITEMS)) - rated["train"] - rated["val"]
     assert [r["rank"] for r in recs] == list(range(1, len(recs) + 1))
     assert all(a["score"] >= b["score"] for a, b in zip(recs, recs[1:]))
     assert recs[0]["title"] == f"Movie {got[0] + 1}"
@@ -122,6 +127,24 @@ def test_recommend_excludes_seen_items_and_names_titles(tiny, tmp_path):
         topk_run.recommend(run, "nobody", k=5)
     with pytest.raises(PolyrecError, match="--k"):
         topk_run.recommend(run, user, k=0)
+
+
+def test_recommend_command_prints_titles_and_json(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+
+    train_run(cfg("mf"), tmp_path / "run", log=quiet)
+    runner = CliRunner()
+    out = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--user", "103", "--k", "4", "--json"])
+    assert out.exit_code == 0, out.output
+    recs = json.loads(out.output)
+    run = topk_run.load_topk_run(tmp_path / "run", log=quiet)
+    assert recs == topk_run.recommend(run, "103", k=4)
+    table = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--user", "103", "--k", "4"])
+    assert table.exit_code == 0 and recs[0]["title"] in table.output
+    bad = runner.invoke(app, ["recommend", str(tmp_path / "run"), "--user", "nobody"])
+    assert isinstance(bad.exception, PolyrecError) and "Unknown user" in str(bad.exception)  # main() prints it
 
 
 def test_loading_refuses_a_changed_index(tiny, tmp_path, monkeypatch):

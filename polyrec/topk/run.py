@@ -152,8 +152,12 @@ def load_topk_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Lo
     return LoadedTopKRun(run_dir, cfg, data, model)
 
 
-def recommend(run: LoadedTopKRun, user: str, k: int = 20) -> list[dict[str, Any]]:
-    """Top-k items for a raw user id, excluding what the user interacted with in train and validation."""
+def recommend(run: LoadedTopKRun, user: str, k: int = 20, keep_test: bool = False) -> list[dict[str, Any]]:
+    """Top-k items for a raw user id, never an item the user has already rated (in any split).
+
+    `keep_test=True` leaves the user's test-split items in the ranking, as the test metrics do, so the
+    hits those metrics count can be seen.
+    """
     data = run.data
     index = {str(u): i for i, u in enumerate(data.user_ids)}
     if str(user) not in index:
@@ -164,7 +168,8 @@ def recommend(run: LoadedTopKRun, user: str, k: int = 20) -> list[dict[str, Any]
     u = index[str(user)]
     with torch.inference_mode():
         scores = run.model.score_all(torch.tensor([u]), run.model.encode())[0].float()
-        for inter in (data.splits["train"], data.splits["val"]):  # what the user has already seen
+        seen = ("train", "val") if keep_test else ("train", "val", "test")
+        for inter in (data.splits[name] for name in seen):
             scores[torch.from_numpy(inter.item[inter.user == u].astype("int64"))] = -torch.inf
         k = min(k, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
