@@ -76,7 +76,19 @@ class TopKConfig(_Strict):
     sampler: Literal["uniform", "popularity"] = "uniform"
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
     kg: bool = True  # load the dataset's knowledge graph when it has one
+    # your own KG instead of the dataset's (e.g. KB4Rec's for movielens-1m): tab-separated files with one
+    # header line, RecBole's atomic .kg (head, relation, tail) and .link (item id, entity id)
+    kg_triples: str | None = None
+    kg_links: str | None = None
     eval_users_chunk: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _kg_files_together(self) -> "TopKConfig":
+        if (self.kg_triples is None) != (self.kg_links is None):
+            raise ValueError("topk.kg_triples and topk.kg_links go together: give both files or neither")
+        if self.kg_triples is not None and not self.kg:
+            raise ValueError("topk.kg=false contradicts topk.kg_triples / kg_links: drop one of them")
+        return self
 
 
 class RunConfig(_Strict):

@@ -188,6 +188,34 @@ def test_movielens_1m_has_no_graph(tmp_path, monkeypatch):
     assert data.item_ids == ["1", "2", "10"] and data.item_titles[1] == "Jumanji (1995)"  # unrated item kept
     assert data.n_users == 2 and sum(len(s) for s in data.splits.values()) == 4
 
+    # the user's own KG files give it one (RecBole's atomic layout, one header line)
+    (tmp_path / "my.kg").write_text("head_id:token\trelation_id:token\ttail_id:token\n"
+                                    "m.toy\tfilm.genre\tm.animation\nm.golden\tfilm.genre\tm.action\n"
+                                    "m.toy\tfilm.director\tm.lasseter\n")
+    (tmp_path / "my.link").write_text("item_id:token\tentity_id:token\n1\tm.toy\n10\tm.golden\n")
+    files = (tmp_path / "my.kg", tmp_path / "my.link")
+    data = load_topk("movielens-1m", download=False, log=quiet, kg_files=files)
+    assert data.graph is not None and data.meta["kg"]["n_kg_triples"] == 3
+    assert data.meta["kg"]["items_with_link"] == 2 and data.meta["kg"]["items_with_kg_edges"] == 2
+    assert data.graph.n_entities == 3 + 3 + 2  # items, the three unlinked entities, users
+    assert load_topk("movielens-1m", download=False, log=quiet, kg_files=files, with_kg=False).graph is None
+    # ids from another dataset link nothing: an error, not a graph without item edges
+    (tmp_path / "other.link").write_text("item_id:token\tentity_id:token\n501\tm.toy\n")
+    with pytest.raises(PolyrecError, match="reaches none of movielens-1m's 3 items"):
+        load_topk("movielens-1m", download=False, log=quiet, kg_files=(files[0], tmp_path / "other.link"))
+    with pytest.raises(PolyrecError, match="link file .*nope.link"):
+        load_topk("movielens-1m", download=False, log=quiet, kg_files=(files[0], tmp_path / "nope.link"))
+
+
+def test_kg_files_config_goes_together():
+    from polyrec.config import TopKConfig
+
+    assert TopKConfig(kg_triples="a.kg", kg_links="a.link").kg_links == "a.link"
+    with pytest.raises(ValueError, match="go together"):
+        TopKConfig(kg_triples="a.kg")
+    with pytest.raises(ValueError, match="contradicts"):
+        TopKConfig(kg=False, kg_triples="a.kg", kg_links="a.link")
+
 
 def test_nan_ratings_are_rejected(tmp_path, monkeypatch):
     d = tmp_path / "ml-1m"

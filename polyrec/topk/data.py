@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.recipes.prepare import get_recipe, locate_or_download
 from polyrec.settings import data_dir
-from polyrec.topk.kg import build_ckg, ckg_stats, kg_paths, load_kg_files
+from polyrec.topk.kg import build_ckg, ckg_stats, kg_paths, load_kg_files, read_kg
 from polyrec.topk.types import Interactions, TopKData
 from polyrec.utils.download import sha256_file
 
@@ -125,11 +125,13 @@ def load_topk(
     with_kg: bool = True,
     download: bool = True,
     log: Callable[[str], None] = print,
+    kg_files: tuple[str | Path, str | Path] | None = None,
 ) -> TopKData:
     """Interactions of a MovieLens dataset as top-K data: indices, labels per task, splits, optional CKG.
 
     `split="random"` is a seeded split over all interactions (the WAA-TA paper's protocol);
-    `split="temporal"` cuts each user's history by time (see `temporal_split`).
+    `split="temporal"` cuts each user's history by time (see `temporal_split`). `kg_files` (triples, links)
+    replaces the dataset's own knowledge graph, and gives one to a dataset that has none.
     """
     if dataset not in SUPPORTED:
         raise unknown_name("top-K dataset", dataset, SUPPORTED)
@@ -173,14 +175,24 @@ def load_topk(
 
     fingerprints = {p.name: sha256_file(p) for p in files.values()}
     graph, kg_meta = None, {}
-    if with_kg and dataset in KG_NAMES:
-        folder = data_dir() / recipe.folder
-        if download and not all(p.exists() for p in kg_paths(folder, KG_NAMES[dataset]).values()):
-            recipe.download_kg(data_dir(), log)  # type: ignore[attr-defined]
-        triples, links = load_kg_files(folder, KG_NAMES[dataset])
-        fingerprints.update({p.name: sha256_file(p) for p in kg_paths(folder, KG_NAMES[dataset]).values()})
+    if with_kg and (kg_files is not None or dataset in KG_NAMES):
+        if kg_files is not None:
+            paths = {"kg": Path(kg_files[0]), "link": Path(kg_files[1])}
+            triples, links = read_kg(paths)
+        else:
+            folder = data_dir() / recipe.folder
+            paths = kg_paths(folder, KG_NAMES[dataset])
+            if download and not all(p.exists() for p in paths.values()):
+                recipe.download_kg(data_dir(), log)  # type: ignore[attr-defined]
+            triples, links = load_kg_files(folder, KG_NAMES[dataset])
+        fingerprints.update({p.name: sha256_file(p) for p in paths.values()})
         graph = build_ckg(splits["train"], n_users, n_items, item_ids, triples, links)
         kg_meta = ckg_stats(graph, item_ids, links)
+        if kg_meta["items_with_kg_edges"] == 0:
+            raise PolyrecError(f"The knowledge graph ({paths['kg']}, {paths['link']}) reaches none of {dataset}'s "
+                               f"{n_items} items: the link file's item ids must be the dataset's item ids "
+                               f"(e.g. {', '.join(map(str, item_ids[:3]))}) and the linked entities must appear "
+                               "in the triples.")
         notes.append(f"CKG: {kg_meta['n_entities']} entities, {kg_meta['n_relations']} relations, "
                      f"{kg_meta['n_kg_triples']} KG triples, {kg_meta['items_with_link']}/{n_items} items linked")
     elif with_kg:

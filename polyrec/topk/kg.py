@@ -38,6 +38,14 @@ def load_kg_files(folder: str | Path, name: str | None = None) -> tuple[np.ndarr
             "(recbole 1.2.1 wheel, recbole/dataset_example/ml-100k/): allow downloads and polyrec fetches them, "
             "copy them there yourself, or load without the KG (with_kg=False)."
         )
+    return read_kg(paths)
+
+
+def read_kg(paths: dict[str, Path]) -> tuple[np.ndarray, dict[str, str]]:
+    """`paths["kg"]` (head, relation, tail) and `paths["link"]` (item, entity): tab-separated, one header line."""
+    missing = [f"{role} file {p}" for role, p in paths.items() if not Path(p).exists()]
+    if missing:
+        raise PolyrecError(f"Knowledge-graph input not found: {', '.join(missing)}.")
     kg = read_delimited(paths["kg"], "\t", ["head_id", "relation_id", "tail_id"], header=True)
     triples = np.stack([kg[c].to_numpy(zero_copy_only=False).astype(str) for c in kg.column_names], axis=1)
     link = read_delimited(paths["link"], "\t", ["item_id", "entity_id"], header=True)

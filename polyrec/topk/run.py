@@ -58,7 +58,8 @@ def load_data(cfg: RunConfig, download: bool = True, log: Callable[[str], None] 
     tk = cfg.topk
     seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
     return load_topk(cfg.data.dataset, tasks=tk.tasks, like_threshold=tk.like_threshold, split=tk.split,
-                     ratios=tk.ratios, seed=seed, with_kg=tk.kg, download=download, log=log)
+                     ratios=tk.ratios, seed=seed, with_kg=tk.kg, download=download, log=log,
+                     kg_files=(tk.kg_triples, tk.kg_links) if tk.kg_triples else None)
 
 
 def build_for(cfg: RunConfig, data: TopKData) -> TopKModel:
