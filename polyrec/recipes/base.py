@@ -38,6 +38,7 @@ class Recipe(ABC):
     auto_download: ClassVar[bool] = True  # False: the source needs an account or ships elsewhere
     time_column: ClassVar[str | None] = None  # for per-user temporal splits
     user_column: ClassVar[str | None] = None
+    kg_name: ClassVar[str | None] = None  # a knowledge graph ships as <folder>/<kg_name>.kg and .link
 
     schema_name: ClassVar[str | None] = None  # YAML under schemas/ (default: the recipe name)
 
@@ -57,6 +58,10 @@ class Recipe(ABC):
     @abstractmethod
     def load(self, files: dict[str, Path], options: dict[str, Any]) -> RawData:
         """Read the original files into the raw joined table(s)."""
+
+    def download_kg(self, root: Path, log: Callable[[str], None]) -> None:
+        """Fetch the knowledge-graph files into root/folder (recipes with a `kg_name`)."""
+        raise PolyrecError(f"Dataset {self.name!r} has no knowledge graph to download.")
 
     def derive(self, table: pa.Table) -> pa.Table:
         """Columns computed from raw ones (e.g. the scenario bucket); applied to prediction inputs too."""

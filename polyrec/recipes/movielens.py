@@ -34,6 +34,14 @@ RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_FOLDER = "recbole/dataset_example/ml-100k/"
 
 
+def _from_recbole(dest: Path, names: list[str], log: Callable[[str], None]) -> None:
+    """Extract the named ML-100K files from the recbole wheel into dest and check them against known digests."""
+    wheel = pip_wheel(RECBOLE_WHEEL, log=log)
+    for name in names:
+        extract_members(wheel, RECBOLE_FOLDER + name, dest)
+    verify_sha256({dest / name: RECBOLE_SHA256[name] for name in names})
+
+
 def age_bucket(age: pa.ChunkedArray) -> pa.Array:
     """Age in years (or ML-1M's age codes 1/18/25/35/45/50/56) -> '<25' / '25-34' / '>=35'."""
     a = pc.cast(age, pa.int64()).to_numpy()
@@ -78,6 +86,7 @@ class _MovieLens(Recipe):
 class MovieLens100K(_MovieLens):
     name = "movielens-100k"
     folder = "ml-100k"
+    kg_name = "ml-100k"
     description = ("MovieLens 100K (943 users, 1,682 movies, 100k ratings); scenarios = age <25/25-34/>=35; "
                    "tasks click (rating>3), like (rating>4).")
 
@@ -101,20 +110,14 @@ class MovieLens100K(_MovieLens):
             return
         except OSError as exc:
             log(f"GroupLens not reachable ({exc}); using the copy shipped in the recbole 1.2.1 wheel")
-        wheel = pip_wheel(RECBOLE_WHEEL, log=log)
-        extract_members(wheel, RECBOLE_FOLDER, d)
-        verify_sha256({d / name: digest for name, digest in RECBOLE_SHA256.items()})
+        _from_recbole(d, list(RECBOLE_SHA256), log)
 
     def download_kg(self, root: Path, log: Callable[[str], None]) -> None:
         """The Freebase KG (`ml-100k.kg`, `ml-100k.link`): GroupLens's zip does not have it, RecBole's wheel does."""
         d = root / self.folder
         d.mkdir(parents=True, exist_ok=True)
         log(f"{self.name}: knowledge-graph files not found under {d}; fetching them from {RECBOLE_WHEEL}")
-        wheel = pip_wheel(RECBOLE_WHEEL, log=log)
-        names = ("ml-100k.kg", "ml-100k.link")
-        for name in names:
-            extract_members(wheel, RECBOLE_FOLDER + name, d)
-        verify_sha256({d / name: RECBOLE_SHA256[name] for name in names})
+        _from_recbole(d, [f"{self.kg_name}.kg", f"{self.kg_name}.link"], log)
 
     def items(self, files: dict[str, Path]) -> pa.Table:
         """The item file (every movie, rated or not): item_id, title, release_year, genres ("a|b")."""

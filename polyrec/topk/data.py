@@ -26,7 +26,6 @@ from polyrec.utils.download import sha256_file
 TASKS = ("like", "click")
 SPLITS = ("train", "val", "test")
 SUPPORTED = ("movielens-100k", "movielens-1m")
-KG_NAMES = {"movielens-100k": "ml-100k"}  # datasets with a KG: file stem of <stem>.kg / <stem>.link
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -175,16 +174,16 @@ def load_topk(
 
     fingerprints = {p.name: sha256_file(p) for p in files.values()}
     graph, kg_meta = None, {}
-    if with_kg and (kg_files is not None or dataset in KG_NAMES):
+    if with_kg and (kg_files is not None or recipe.kg_name is not None):
         if kg_files is not None:
             paths = {"kg": Path(kg_files[0]), "link": Path(kg_files[1])}
             triples, links = read_kg(paths)
         else:
             folder = data_dir() / recipe.folder
-            paths = kg_paths(folder, KG_NAMES[dataset])
+            paths = kg_paths(folder, recipe.kg_name)
             if download and not all(p.exists() for p in paths.values()):
-                recipe.download_kg(data_dir(), log)  # type: ignore[attr-defined]
-            triples, links = load_kg_files(folder, KG_NAMES[dataset])
+                recipe.download_kg(data_dir(), log)
+            triples, links = load_kg_files(folder, recipe.kg_name)
         fingerprints.update({p.name: sha256_file(p) for p in paths.values()})
         graph = build_ckg(splits["train"], n_users, n_items, item_ids, triples, links)
         kg_meta = ckg_stats(graph, item_ids, links)
