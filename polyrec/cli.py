@@ -192,9 +192,11 @@ def predict(
 ) -> None:
     """Score new rows with a trained run (encoders and weights from the run folder)."""
     from polyrec.serve.predict import predict_file
+    from polyrec.train.rundir import check_output_file
 
     if output.suffix != ".parquet":
         raise PolyrecError(f"--output must end in .parquet, got {output}")
+    check_output_file(output, "--output file")  # before any row is scored
     n = predict_file(run_dir, input, output)
     console.print(f"wrote {n} rows to {output}")
 
@@ -338,16 +340,36 @@ def bench(
         raise typer.Exit(code)
 
 
+def _fail(message: str) -> None:
+    """One line on stderr (never wrapped, so logs and grep see it whole), exit 2."""
+    err_console.print("[bold red]error:[/] ", end="")
+    err_console.print(message, markup=False, soft_wrap=True)
+    sys.exit(2)
+
+
 def main() -> None:
+    """Every user error is one line and exit 2; anything else is a bug, shown with its traceback (exit 1)."""
     try:
         app()
     except PolyrecError as exc:
-        err_console.print("[bold red]error:[/] ", end="")
-        err_console.print(str(exc), markup=False)
-        sys.exit(2)
+        _fail(str(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted; the last finished epoch's checkpoint is kept (use --resume).")
         sys.exit(130)
+    except MemoryError:
+        _fail("out of memory: try a smaller train.batch_size / train.eval_batch_size, or a machine with more memory.")
+    except OSError as exc:  # a disk, permission or file problem the earlier checks could not foresee
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        _fail(f"{exc.strerror or exc}{where}")
+    except Exception:  # noqa: BLE001 - not a user error: show everything a bug report needs
+        import traceback
+
+        from polyrec import __version__
+
+        traceback.print_exc()
+        err_console.print(f"[bold red]this is a bug in polyrec {__version__}[/] (not a problem with your input): "
+                          "please report it with the command line and the traceback above.")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from polyrec.data.schema import format_validation_error, model_keys
 from polyrec.errors import PolyrecError, close_matches
+from polyrec.utils.io import read_yaml
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def check_ratios(ratios: tuple[float, ...], key: str) -> None:
+    """Train/val/test fractions: each > 0 (an empty split cannot validate or test) and summing to 1."""
+    if len(ratios) != 3 or any(not r > 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise ValueError(f"{key} must be three numbers, each > 0, summing to 1 (train, val, test); got {list(ratios)}")
+
+
+def check_device(device: str) -> None:
+    """train.device must exist on this machine (a CPU-only PyTorch build has no CUDA)."""
+    import torch
+
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not torch.cuda.is_available():
+            raise PolyrecError(f"train.device={device}, but this PyTorch build ({torch.__version__}) sees no CUDA GPU. "
+                               "Use --set train.device=cpu, or install a CUDA build of torch on a GPU machine.")
+        if index >= torch.cuda.device_count():
+            raise PolyrecError(f"train.device={device}, but only {torch.cuda.device_count()} CUDA device(s) exist.")
+    elif device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise PolyrecError("train.device=mps, but Apple's MPS backend is not available here; use train.device=cpu.")
 
 
 class DataConfig(_Strict):
@@ -27,13 +50,18 @@ class DataConfig(_Strict):
     # {name: rating, type: regression} or {name: like_if_click, column: like, space: click}
     tasks: list[str | dict[str, Any]] | None = None
 
+    @model_validator(mode="after")
+    def _ratios(self) -> "DataConfig":
+        check_ratios(self.ratios, "data.ratios")
+        return self
+
 
 class ModelConfig(BaseModel):
     """`name`, `embed_dim`, and any model-specific keys (validated by the model's own Params)."""
 
     model_config = ConfigDict(extra="allow")
     name: str = "mmoe"
-    embed_dim: int = 16
+    embed_dim: int = Field(16, ge=1)
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -41,11 +69,11 @@ class ModelConfig(BaseModel):
 
 class TrainConfig(_Strict):
     optimizer: Literal["adam", "adamw", "sgd", "adagrad", "rmsprop"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    embedding_weight_decay: float = 0.0  # decay on embedding tables only when asked
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    embedding_weight_decay: float = Field(0.0, ge=0)  # decay on embedding tables only when asked
     sparse_embeddings: bool | Literal["auto"] = "auto"  # auto: lazy sparse updates for big tables
-    momentum: float = 0.0  # sgd / rmsprop
+    momentum: float = Field(0.0, ge=0)  # sgd / rmsprop
     batch_size: int = Field(1024, ge=1)
     eval_batch_size: int = Field(16384, ge=1)
     epochs: int = Field(10, ge=1)
@@ -53,8 +81,8 @@ class TrainConfig(_Strict):
     monitor: str = "overall/mean_auc"  # a validation metric key, or a weighted sum "0.7*click/auc + 0.3*like/auc"
     monitor_mode: Literal["max", "min"] | None = None  # None: inferred (min for logloss/mse/mae/rmse)
     seed: int = 42
-    threads: int | None = None
-    device: str = "cpu"
+    threads: int | None = Field(None, ge=1)
+    device: str = "cpu"  # cpu, cuda, cuda:N or mps; availability is checked by check_device() before a run
     balance: str = "auto"  # a balancer name; auto: the model's own (waata: metabalance), else sum
     balance_params: dict[str, Any] = Field(default_factory=dict)
     # task: a head's loss is the mean over the batch (scenarios pooled); scenario_task: the sum over scenarios
@@ -63,6 +91,13 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
     progress: bool = True
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard/ (needs the `track` extra)
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"{v!r} is not a device: use cpu, cuda, cuda:N or mps")
+        return v
 
 
 class TopKConfig(_Strict):
@@ -74,7 +109,7 @@ class TopKConfig(_Strict):
     ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)
     negatives: int = Field(1, ge=1)  # sampled negatives per training positive, redrawn every epoch
     sampler: Literal["uniform", "popularity"] = "uniform"
-    ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10, 20, 50], min_length=1)
     kg: bool = True  # load the dataset's knowledge graph when it has one
     # your own KG instead of the dataset's (e.g. KB4Rec's for movielens-1m): tab-separated files with one
     # header line, RecBole's atomic .kg (head, relation, tail) and .link (item id, entity id)
@@ -88,6 +123,7 @@ class TopKConfig(_Strict):
             raise ValueError("topk.kg_triples and topk.kg_links go together: give both files or neither")
         if self.kg_triples is not None and not self.kg:
             raise ValueError("topk.kg=false contradicts topk.kg_triples / kg_links: drop one of them")
+        check_ratios(self.ratios, "topk.ratios")
         return self
 
 
@@ -148,12 +184,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise PolyrecError(f"Config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise PolyrecError(f"Config file {path} is not valid YAML: {exc}") from None
+        loaded = read_yaml(path, "Config file") or {}
         if not isinstance(loaded, dict):
             raise PolyrecError(f"Config file {path} must hold a mapping with sections data/model/train.")
         raw = _merge(raw, loaded)

@@ -169,3 +169,26 @@ def require_dataset(name: str) -> None:
 
 def quiet(_: str) -> None:
     """A log callback that drops messages."""
+
+
+def register_tiny_recipes(folder: Path) -> dict[str, "TinyRecipe"]:
+    """Write (once) and register 'tiny-synthetic' and 'tiny-onelike' (every `like` label 0, so like/auc is
+    undefined on every split) from `folder`; returns them by name. The caller unregisters if it must."""
+    import pyarrow.compute as pc
+
+    from polyrec.recipes.base import RECIPES
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny, onelike = folder / "tiny.parquet", folder / "tiny-onelike.parquet"
+    if not tiny.exists():
+        write_tiny_table(tiny)
+    if not onelike.exists():
+        table = pq.read_table(tiny)
+        table = table.set_column(table.schema.get_field_index("like"), "like",
+                                 pc.multiply(table["like"], pa.scalar(0, table["like"].type)))
+        pq.write_table(table, onelike)
+    recipes = {"tiny-synthetic": TinyRecipe(tiny), "tiny-onelike": TinyRecipe(onelike)}
+    recipes["tiny-onelike"].name = "tiny-onelike"
+    RECIPES.update(recipes)
+    return recipes

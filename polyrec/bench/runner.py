@@ -236,9 +236,12 @@ def run_one(r: PlannedRun, total: int, outcome: BenchOutcome, echo: Echo) -> Non
     prefix = f"[{r.index}/{total}] {r.dataset} {r.row.label} seed {r.seed}"
     path = r.path
     if (path / "metrics.json").exists():
-        outcome.skipped.append(key)
-        echo(f"{prefix} ... finished earlier, skipped")
-        return
+        if _read_json(path / "metrics.json") is not None:
+            outcome.skipped.append(key)
+            echo(f"{prefix} ... finished earlier, skipped")
+            return
+        echo(f"{prefix} ... its metrics.json is unreadable (truncated?): finishing the run again")
+        (path / "metrics.json").unlink()
     resume = False
     if (path / "error.json").exists():
         err = _read_json(path / "error.json") or {}
@@ -290,9 +293,15 @@ def write_bench_yaml(exp: Experiment, bench_dir: Path) -> None:
 
 
 def run_bench(exp: Experiment, bench_dir: str | Path, echo: Echo = _print, report: bool = True) -> BenchOutcome:
-    bench_dir = Path(bench_dir)
+    """Every planned run, then the tables and the report, while this process holds the bench folder."""
+    from polyrec.train.rundir import claim
+
+    with claim(bench_dir, "bench folder"):
+        return _run_bench(exp, Path(bench_dir), echo, report)
+
+
+def _run_bench(exp: Experiment, bench_dir: Path, echo: Echo, report: bool) -> BenchOutcome:
     runs = plan(exp, bench_dir)
-    bench_dir.mkdir(parents=True, exist_ok=True)
     write_bench_yaml(exp, bench_dir)
     env = environment(exp)
     atomic_write_text(bench_dir / "environment.json", json.dumps(env, indent=1))

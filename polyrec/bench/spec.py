@@ -45,6 +45,7 @@ import yaml
 
 from polyrec.config import DataConfig, RunConfig, TrainConfig, load_config
 from polyrec.errors import PolyrecError, close_matches
+from polyrec.utils.io import read_yaml
 
 # Named rows: label -> (model, params). E.g. "sapenet-no-attention": ("sapenet", {"attention": False}).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -477,12 +478,7 @@ class Experiment:
 
 
 def _load_yaml(path: Path, what: str) -> Any:
-    if not path.exists():
-        raise PolyrecError(f"{what} not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PolyrecError(f"{what} {path} is not valid YAML: {exc}") from None
+    return read_yaml(path, what)
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:

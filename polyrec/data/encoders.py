@@ -23,6 +23,7 @@ from polyrec.data.schema import (
     SequenceFeature,
 )
 from polyrec.errors import PolyrecError, close_matches
+from polyrec.utils.io import read_json
 
 PAD, OOV = "<pad>", "<oov>"
 UNKNOWN_SCENARIO = "<unknown>"
@@ -355,4 +356,8 @@ class Encoders:
         path = Path(path)
         if not path.exists():
             raise PolyrecError(f"Encoders file not found: {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(read_json(path))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PolyrecError(f"{path} is damaged (no valid {exc}): its encoders cannot be rebuilt. "
+                               "Retrain the run, or restore the file from a copy.") from None

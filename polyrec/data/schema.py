@@ -21,7 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from polyrec.errors import PolyrecError, close_matches
@@ -181,10 +180,10 @@ class Schema(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Schema":
+        from polyrec.utils.io import read_yaml
+
         path = Path(path)
-        if not path.exists():
-            raise PolyrecError(f"Schema file not found: {path}")
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path, "Schema file")
         if not isinstance(data, dict):
             raise PolyrecError(f"Schema file {path} must hold a mapping, got {type(data).__name__}")
         return cls.from_dict(data, origin=f"schema {path}")
@@ -199,7 +198,8 @@ def format_validation_error(exc: ValidationError, known: Iterable[str] = ()) -> 
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r}.{close_matches(str(err['loc'][-1]), known)}")
         else:
-            lines.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
 
 

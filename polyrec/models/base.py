@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from polyrec.data.batching import Batch
@@ -33,12 +33,29 @@ class Head:
 
 
 class ModelParams(BaseModel):
-    """Base for each model's hyper-parameters; unknown keys are errors."""
+    """Base for each model's hyper-parameters; unknown keys are errors.
+
+    Every integer parameter (a count or a size, alone or in a list of layer sizes) must be >= 1, so
+    `n_experts=-2` is a config error naming the key instead of a "negative dimension" deep in torch;
+    a model whose integer may legitimately be 0 lists it in `may_be_zero`. Rates lie in [0, 1)."""
 
     model_config = ConfigDict(extra="forbid")
-    dropout: float = 0.0
+    may_be_zero: ClassVar[tuple[str, ...]] = ()
+    dropout: float = Field(0.0, ge=0, lt=1)
     activation: str = "relu"
     batch_norm: bool = False  # in experts/towers only; never in gates
+
+    @model_validator(mode="after")
+    def _sizes_positive(self) -> "ModelParams":
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+            least = 0 if name in self.may_be_zero else 1
+            if any(v < least for v in ints):
+                raise ValueError(f"{name}={value}: {'counts and sizes' if least else 'this value'} must be "
+                                 f">= {least}")
+        return self
 
 
 class MultiTaskModel(nn.Module):

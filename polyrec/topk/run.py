@@ -30,9 +30,8 @@ from polyrec.topk.negatives import NegativeSampler
 from polyrec.topk.trainer import (PairwiseTable, PointwiseTable, TopKTrainer, TrainingView, evaluate_topk,
                                   score_matrix)
 from polyrec.topk.types import TopKData
-from polyrec.train.checkpoint import load_weights
 from polyrec.train.trainer import WEIGHTS
-from polyrec.utils.io import atomic_write_text
+from polyrec.utils.io import atomic_write_text, read_json
 
 DEFAULT_CTR_MONITOR = "overall/mean_auc"
 
@@ -76,15 +75,11 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
                    progress_factory: Callable[[int], Any] | None = None, download: bool = True,
                    epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
                    evaluate_test: bool = True):
-    from polyrec.train.run import RunResult, _seed_everything, check_run_dir, run_summary
+    """Reached through `train_run` (a config with a `topk` section), which holds the run folder and checked it."""
+    from polyrec.train.run import RunResult, _seed_everything, run_summary, write_run_files  # noqa: I001
 
     assert cfg.topk is not None
-    if cfg.train.loss_reduction != "task":
-        raise PolyrecError("train.loss_reduction=scenario_task needs scenarios; top-K runs have none.")
     run_dir = Path(run_dir)
-    check_run_dir(cfg, run_dir, resume)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     data = load_data(cfg, download=download, log=log)
     counts = ", ".join(f"{k} {len(v):,}" for k, v in data.splits.items())
     log(f"{data.dataset}: {data.n_users:,} users, {data.n_items:,} items; {counts} interactions; tasks "
@@ -95,13 +90,6 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
     train_cfg = topk_train_config(cfg, data.target, model)
     view = TrainingView(model)
     balancer = build_balancer(train_cfg.balance, [h.name for h in view.heads if h.train], train_cfg.balance_params)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        atomic_write_text(run_dir / "spec.json", json.dumps({
-            "kind": "topk", "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
-            "heads": [h.__dict__ for h in model.heads], "ranking_head": model.ranking_head,
-            "index": _index_fingerprint(data), "data_meta": data.meta}, indent=1, default=str))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}; "
         f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; balance {train_cfg.balance}"
@@ -111,6 +99,12 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
     table_cls = PairwiseTable if model.pairwise else PointwiseTable
     table = table_cls(data.splits["train"], sampler, cfg.topk.negatives)
     trainer = TopKTrainer(view, train_cfg, balancer, data, cfg.topk.ks, cfg.topk.eval_users_chunk, run_dir, log)
+    if not resume:
+        trainer.check_monitor(None, [])
+        write_run_files(run_dir, cfg, {
+            "kind": "topk", "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
+            "heads": [h.__dict__ for h in model.heads], "ranking_head": model.ranking_head,
+            "index": _index_fingerprint(data), "data_meta": data.meta})
     t0 = time.perf_counter()
     fit = trainer.fit(table, None, [], resume=resume, progress_factory=progress_factory,
                       epoch_callback=epoch_callback)
@@ -134,11 +128,13 @@ class LoadedTopKRun:
 
 
 def load_topk_run(run_dir: str | Path, log: Callable[[str], None] = print) -> LoadedTopKRun:
+    from polyrec.train.run import load_state
+
     run_dir = Path(run_dir)
     for name in ("config.yaml", "spec.json", WEIGHTS):
         if not (run_dir / name).exists():
             raise PolyrecError(f"{run_dir} is not a finished polyrec run: {name} is missing.")
-    info = json.loads((run_dir / "spec.json").read_text())
+    info = read_json(run_dir / "spec.json")
     if info.get("kind") != "topk":
         raise PolyrecError(f"{run_dir} is a CTR-style run, not a top-K run; use `polyrec predict` for it.")
     cfg = load_config(run_dir / "config.yaml")
@@ -148,7 +144,7 @@ def load_topk_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Lo
                            "(source files changed); its recommendations would be meaningless.")
     model = build_for(cfg, data)
     view = TrainingView(model)
-    view.load_state_dict(load_weights(run_dir / WEIGHTS))
+    load_state(view, run_dir / WEIGHTS)
     model.eval()
     return LoadedTopKRun(run_dir, cfg, data, model)
 

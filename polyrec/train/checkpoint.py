@@ -20,7 +20,11 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not Path(path).exists():
         raise PolyrecError(f"Weights file not found: {path}")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError) on a damaged file
+        raise PolyrecError(f"{path} is corrupt or truncated ({_short(exc)}): the run's weights cannot be read. "
+                           "Retrain the run, or restore the file from a copy.") from None
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -28,7 +32,22 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     atomic_write(Path(path), lambda p: torch.save(state, p))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     if not Path(path).exists():
         raise PolyrecError(f"No checkpoint to resume from: {path} does not exist.")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # a truncated zip (PytorchStreamReader), a foreign or unsafe pickle, ...
+        raise PolyrecError(f"{path} is corrupt or truncated ({_short(exc)}), so the run cannot be resumed. "
+                           "Delete checkpoint.pt and train into the folder again without --resume, "
+                           "or train into a new --out.") from None
+
+
+def check_checkpoint(path: Path) -> None:
+    """Open a checkpoint without reading its tensors (memory-mapped): a damaged file fails before any data work."""
+    load_checkpoint(path, mmap=True)
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or exc.__class__.__name__
+    return text if len(text) <= 120 else text[:117] + "..."

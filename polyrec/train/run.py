@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,18 +27,19 @@ import torch
 
 from polyrec import __version__
 from polyrec.balance import build_balancer
-from polyrec.config import RunConfig, load_config
+from polyrec.config import RunConfig, check_device, load_config
 from polyrec.data.batching import TensorTable
 from polyrec.data.encoders import Encoders
-from polyrec.errors import PolyrecError
+from polyrec.errors import PolyrecError, close_matches
 from polyrec.models import ModelSpec, build_model
 from polyrec.models.base import MultiTaskModel
 from polyrec.recipes.prepare import PreparedData, describe, prepare
-from polyrec.train.checkpoint import load_weights
+from polyrec.train.checkpoint import check_checkpoint, load_weights
 from polyrec.train.gates import gate_summary
 from polyrec.train.tracking import chain_callbacks, make_tracker
 from polyrec.train.trainer import CHECKPOINT, WEIGHTS, Trainer, evaluate_table
-from polyrec.utils.io import atomic_write_text
+from polyrec.train.rundir import claim
+from polyrec.utils.io import atomic_write_text, read_json
 
 
 @dataclass
@@ -58,7 +60,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def validate_config(cfg: RunConfig) -> None:
-    """Fail fast on unknown names and parameters, before any data is read."""
+    """Fail fast on unknown names and parameters and on a device this machine lacks, before any data is read."""
     from polyrec.balance import balancer_params
     from polyrec.models.base import model_params
     from polyrec.recipes.prepare import get_recipe
@@ -68,23 +70,44 @@ def validate_config(cfg: RunConfig) -> None:
         from polyrec.topk.models.base import topk_model_params
 
         topk_model_params(cfg.model.name, cfg.model.params())
+        if cfg.train.loss_reduction != "task":
+            raise PolyrecError("train.loss_reduction=scenario_task needs scenarios; top-K runs have none.")
     else:
         model_params(cfg.model.name, cfg.model.params())
     balancer_params(cfg.train.balance, cfg.train.balance_params)
+    check_device(cfg.train.device)
 
 
-def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> None:
-    """Validate the config, and refuse to overwrite a run or to resume a different one."""
+RUN_FILES = ("config.yaml", "encoders.json", "spec.json", "metrics.jsonl", "steps.jsonl", "tensorboard")
+
+
+def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None] = print) -> bool:
+    """Validate the config, and refuse to overwrite a run or to resume a different one (or from a damaged
+    checkpoint). A folder whose run never finished an epoch (config.yaml, no checkpoint, no metrics.json)
+    is started again from scratch, with or without --resume. Returns whether training resumes."""
     validate_config(cfg)
-    if resume:
-        if not (run_dir / CHECKPOINT).exists():
+    started = (run_dir / CHECKPOINT).exists() or (run_dir / "metrics.json").exists()
+    if resume and not (run_dir / CHECKPOINT).exists():
+        if started or not (run_dir / "config.yaml").exists():
             raise PolyrecError(f"Cannot resume: {run_dir / CHECKPOINT} does not exist.")
+        resume = False
+        log(f"{run_dir}: its run never finished an epoch (no {CHECKPOINT}); starting it from epoch 1")
+    if resume:
         saved = load_config(run_dir / "config.yaml")
         if saved.model_dump() != cfg.model_dump():
             raise PolyrecError(f"Cannot resume {run_dir}: its config.yaml differs from the requested config. "
                                "Resume with `polyrec train --resume --out RUN_DIR` alone.")
-    elif (run_dir / "config.yaml").exists():
+        check_checkpoint(run_dir / CHECKPOINT)  # a damaged checkpoint fails here, before the data is read
+        return True
+    if started:
         raise PolyrecError(f"{run_dir} already holds a run. Use --resume to continue it, or choose another --out.")
+    for name in RUN_FILES:  # what a start that failed before its first epoch left behind
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return False
 
 
 def run_summary(dataset: str, cfg: RunConfig, monitor: str, fit: Any, n_params: int, t0: float, rows: Any,
@@ -95,7 +118,8 @@ def run_summary(dataset: str, cfg: RunConfig, monitor: str, fit: Any, n_params: 
         "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
         "monitor": monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
         "train_seconds": sum(h["train_seconds"] for h in fit.history),
-        "wall_seconds": time.perf_counter() - t0, "rows": rows, "data_notes": notes,
+        # every session of a resumed run counts (up to each interrupted session's last checkpoint)
+        "wall_seconds": fit.prior_wall_seconds + time.perf_counter() - t0, "sessions": fit.sessions, "rows": rows, "data_notes": notes,
         "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
         **metrics,
     }
@@ -105,34 +129,51 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
               progress_factory: Callable[[int], Any] | None = None, download: bool = True,
               epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
               evaluate_test: bool = True) -> RunResult:
-    """`evaluate_test=False` (tuning trials) never builds or scores the test split: metrics.json holds val only."""
-    if cfg.topk is not None:  # rank-all-items runs (polyrec.topk) share the run folder and the loop
-        from polyrec.topk.run import train_topk_run
-
-        return train_topk_run(cfg, run_dir, resume=resume, log=log, progress_factory=progress_factory,
-                              download=download, epoch_callback=epoch_callback, evaluate_test=evaluate_test)
+    """Train into `run_dir`, which this process holds (polyrec.train.rundir.claim) from the first check to
+    metrics.json. `evaluate_test=False` (tuning trials) never builds or scores the test split."""
     run_dir = Path(run_dir)
-    check_run_dir(cfg, run_dir, resume)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    validate_config(cfg)  # unknown names: no folder is created
+    with claim(run_dir):
+        resume = check_run_dir(cfg, run_dir, resume, log)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.topk is not None:  # rank-all-items runs (polyrec.topk) share the run folder and the loop
+            from polyrec.topk.run import train_topk_run
+
+            return train_topk_run(cfg, run_dir, resume=resume, log=log, progress_factory=progress_factory,
+                                  download=download, epoch_callback=epoch_callback, evaluate_test=evaluate_test)
+        return _train_ctr_run(cfg, run_dir, resume, log, progress_factory, download, epoch_callback, evaluate_test)
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, spec: dict[str, Any], encoders: Encoders | None = None) -> None:
+    """config.yaml, encoders.json and spec.json, written when everything that can fail before training has
+    been built (data, model, balancer, optimiser, monitor), so a failed start leaves no half-run behind."""
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if encoders is not None:
+        encoders.save(run_dir / "encoders.json")
+    atomic_write_text(run_dir / "spec.json", json.dumps(spec, indent=1, default=str))
+
+
+def _train_ctr_run(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None],
+                   progress_factory: Callable[[int], Any] | None, download: bool,
+                   epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None,
+                   evaluate_test: bool) -> RunResult:
     data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log)
     log(describe(data))
     spec = data.model_spec()
     _seed_everything(cfg.train.seed)
     model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
     balancer = build_balancer(cfg.train.balance, [h.name for h in model.heads if h.train], cfg.train.balance_params)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        data.encoders.save(run_dir / "encoders.json")
-        atomic_write_text(run_dir / "spec.json", json.dumps({
-            "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
-            "spec": spec.to_dict(), "heads": [h.__dict__ for h in model.heads],
-            "dataset": data.dataset, "cache_entry": data.entry.name}, indent=1))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}")
     tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items() if evaluate_test or k != "test"}
     trainer = Trainer(model, cfg.train, balancer, run_dir, log)
+    if not resume:
+        trainer.check_monitor(tables["val"], spec.scenario_names)
+        write_run_files(run_dir, cfg, {
+            "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
+            "spec": spec.to_dict(), "heads": [h.__dict__ for h in model.heads],
+            "dataset": data.dataset, "cache_entry": data.entry.name}, data.encoders)
     tracker = make_tracker(cfg, run_dir, log, resume=resume)
     t0 = time.perf_counter()
     try:
@@ -169,17 +210,32 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         if not (run_dir / name).exists():
             raise PolyrecError(f"{run_dir} is not a finished polyrec run: {name} is missing.")
     cfg = load_config(run_dir / "config.yaml")
-    info = json.loads((run_dir / "spec.json").read_text())
-    spec = ModelSpec.from_dict(info["spec"])
-    model = build_model(info["model"], spec, info["embed_dim"], info["params"])
-    model.load_state_dict(load_weights(run_dir / WEIGHTS))
+    info = read_json(run_dir / "spec.json")
+    try:
+        spec = ModelSpec.from_dict(info["spec"])
+        model = build_model(info["model"], spec, info["embed_dim"], info["params"])
+    except (KeyError, TypeError) as exc:
+        raise PolyrecError(f"{run_dir / 'spec.json'} is damaged (no valid {exc}); retrain the run.") from None
+    load_state(model, run_dir / WEIGHTS)
     model.eval()
     return LoadedRun(run_dir, cfg, Encoders.load(run_dir / "encoders.json"), spec, model)
 
 
+def load_state(model: torch.nn.Module, path: Path) -> None:
+    """Weights into a model rebuilt from spec.json; a mismatch names both files instead of torch's key dump."""
+    try:
+        model.load_state_dict(load_weights(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise PolyrecError(f"{path} does not fit the model described by {path.parent / 'spec.json'} ({first}); "
+                           "one of the two files was replaced or damaged: retrain the run.") from None
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", log: Callable[[str], None] = print) -> dict[str, Any]:
+    if split not in ("train", "val", "test"):
+        raise PolyrecError(f"Unknown split {split!r}; use train, val or test.{close_matches(split, ['train', 'val', 'test'])}")
     spec_path = Path(run_dir) / "spec.json"
-    if spec_path.exists() and json.loads(spec_path.read_text()).get("kind") == "topk":
+    if spec_path.exists() and read_json(spec_path).get("kind") == "topk":
         from polyrec.topk.run import evaluate_topk, load_topk_run
 
         topk_run = load_topk_run(run_dir, log=log)

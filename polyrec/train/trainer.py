@@ -64,6 +64,8 @@ class FitResult:
     best_score: float
     stopped_early: bool
     step_log: list[dict[str, Any]] = field(default_factory=list)
+    prior_wall_seconds: float = 0.0  # wall time of earlier sessions of a resumed run (to their last checkpoint)
+    sessions: int = 1
 
 
 class Trainer:
@@ -77,6 +79,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg, balancer.parameters())
         self.shared = model.shared_parameters()
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode)
+        self._monitor_checked = False
 
     # --- hooks a specialised trainer (top-K) overrides ---------------------------------------
     def _task_names(self) -> list[str]:
@@ -85,6 +88,24 @@ class Trainer:
     def _validate(self, val: Any, scenario_names: list[str]) -> dict[str, float]:
         """Flat validation metrics the monitor reads."""
         return flatten(evaluate_table(self.model, val, self.cfg.eval_batch_size, scenario_names))
+
+    def check_monitor(self, val: Any, scenario_names: list[str]) -> None:
+        """Before training: train.monitor must name a validation metric, and one that is defined. A metric that
+        is NaN for the untrained model (every validation row of one class, say) stays NaN, and early stopping
+        would then keep the untrained weights while the run "succeeds"."""
+        if self._monitor_checked:
+            return
+        flat = self._validate(val, scenario_names)
+        value = self.monitor.value(flat)
+        self._monitor_checked = True
+        if math.isnan(value):
+            undefined = [k for k, v in flat.items() if isinstance(v, float) and math.isnan(v) and "/" in k
+                         and not k.startswith("cell/")]
+            raise PolyrecError(
+                f"Validation metric {self.cfg.monitor!r} is NaN on the val split before training "
+                f"(undefined there: {', '.join(undefined[:6]) or 'the monitored terms'}; an AUC needs both classes), "
+                "so no epoch could ever be selected. Choose another --set train.monitor=..., or a split whose "
+                "validation rows hold both classes.")
 
     # --- one epoch ----------------------------------------------------------------------
     def _train_epoch(self, table: TensorTable, epoch: int, step: int, progress) -> tuple[dict, int, list]:
@@ -141,6 +162,7 @@ class Trainer:
         history: list[dict[str, Any]] = []
         step_log: list[dict[str, Any]] = []
         start_epoch, step, best_score, best_epoch, bad = 1, 0, -math.inf, 0, 0
+        session_start, prior_wall, sessions = time.perf_counter(), 0.0, 1
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if resume:
             ckpt = load_checkpoint(self._path(CHECKPOINT))
@@ -152,11 +174,12 @@ class Trainer:
             bad, step, start_epoch = ckpt["bad_epochs"], ckpt["step"], ckpt["epoch"] + 1
             history = json.loads(ckpt["history"])
             step_log = json.loads(ckpt["step_log"])
+            prior_wall, sessions = float(ckpt.get("wall_seconds", 0.0)), int(ckpt.get("sessions", 1)) + 1
             self.log(f"resumed from epoch {ckpt['epoch']} (best epoch {best_epoch})")
             if ckpt.get("finished"):
                 start_epoch = cfg.epochs + 1
-        else:  # fail before training, not after the first epoch, when train.monitor names no metric
-            self.monitor.value(self._validate(val, scenario_names))
+        else:  # fail before training, not after the first epoch, when train.monitor names no (defined) metric
+            self.check_monitor(val, scenario_names)
         stopped_early = bool(history and history[-1].get("stopped_early"))
         for epoch in range(start_epoch, cfg.epochs + 1):
             if stopped_early:
@@ -171,6 +194,9 @@ class Trainer:
             flat = self._validate(val, scenario_names)
             score = self.monitor.score(flat)
             monitored = self.monitor.value(flat)
+            if math.isnan(monitored):
+                raise PolyrecError(f"Validation metric {cfg.monitor!r} became NaN after epoch {epoch} (it was defined "
+                                   "before training): the model's scores are not finite. Try a lower train.lr.")
             improved = score > best_score
             if improved:
                 best_score, best_epoch, bad = score, epoch, 0
@@ -193,6 +219,7 @@ class Trainer:
                     "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch,
                     "bad_epochs": bad, "step": step, "epoch": epoch, "finished": False,
                     "history": json.dumps(history), "step_log": json.dumps(step_log),
+                    "wall_seconds": prior_wall + time.perf_counter() - session_start, "sessions": sessions,
                 }, self._path(CHECKPOINT))
                 self._write_logs(history, step_log)
             if epoch_callback is not None:
@@ -204,7 +231,8 @@ class Trainer:
         if self.run_dir is not None:
             save_weights(best_state, self._path(WEIGHTS))
             self._write_logs(history, step_log)
-        return FitResult(history, best_epoch, self.monitor.sign * best_score, stopped_early, step_log)
+        return FitResult(history, best_epoch, self.monitor.sign * best_score, stopped_early, step_log,
+                         prior_wall, sessions)
 
     def _path(self, name: str) -> Path:
         assert self.run_dir is not None

@@ -100,6 +100,17 @@ def tune(cfg: RunConfig, n_trials: int, study_dir: str | Path, fixed: Iterable[s
          timeout: float | None = None, log: Callable[[str], None] = print, pruner: Any = None,
          train_fn: Callable[..., Any] | None = None, download: bool = True,
          max_failures: int | None = None) -> TuneResult:
+    """`_tune` while this process holds the study folder: a second tune into it fails at once, naming the holder."""
+    from polyrec.train.rundir import claim
+
+    with claim(study_dir, "study folder"):
+        return _tune(cfg, n_trials, study_dir, fixed, timeout, log, pruner, train_fn, download, max_failures)
+
+
+def _tune(cfg: RunConfig, n_trials: int, study_dir: str | Path, fixed: Iterable[str] = (),
+          timeout: float | None = None, log: Callable[[str], None] = print, pruner: Any = None,
+          train_fn: Callable[..., Any] | None = None, download: bool = True,
+          max_failures: int | None = None) -> TuneResult:
     """Run (or resume) the study of `cfg`'s dataset and model until it holds `n_trials` complete + pruned trials.
 
     `fixed`: config keys pinned by the user (--set), left out of the search. `timeout`: seconds after which no
@@ -125,7 +136,6 @@ def tune(cfg: RunConfig, n_trials: int, study_dir: str | Path, fixed: Iterable[s
     if not db.exists() and trials_dir.is_dir() and any(trials_dir.iterdir()):
         raise PolyrecError(f"{study_dir} holds trial folders but no {STUDY_DB}: choose another --study-dir "
                            "or remove the folder.")
-    study_dir.mkdir(parents=True, exist_ok=True)
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this module reports each trial itself

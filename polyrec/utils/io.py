@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from polyrec.errors import PolyrecError
 
 
 def _umask() -> int:
@@ -55,3 +59,36 @@ def atomic_directory(final: Path, build: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file the project wrote (run files, bundles), or one line naming it when missing, truncated or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PolyrecError(f"{path} is missing: {path.parent} is not a finished polyrec run.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PolyrecError(f"{path} is corrupt or truncated ({exc.__class__.__name__}) and cannot be read. "
+                           "Retrain the run, or restore the file from a copy.") from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file a user wrote (config, schema, experiment): 'not found' and syntax errors as one line that
+    names the file, line and column."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise PolyrecError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise PolyrecError(f"{what} {path} is a folder, not a YAML file.")
+    try:
+        return yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise PolyrecError(f"{what} {path} is not UTF-8 text.") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PolyrecError(f"{what} {path} is not valid YAML{where}: {problem}.") from None
