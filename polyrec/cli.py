@@ -209,12 +209,13 @@ def models_list() -> None:
     from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
 
     topk_model_names()  # registers the top-K models
-    table = Table("model", "kind", "summary", "parameters (defaults)")
+    table = Table("model", "kind", "summary", "loss (auto)", "parameters (defaults)")
     for kind, registry in (("ctr + top-K", MODELS), ("top-K only", TOPK_MODELS)):
         for name, cls in sorted(registry.items()):
             doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
             params = ", ".join(f"{k}={v.default}" for k, v in cls.Params.model_fields.items())
-            table.add_row(name, kind, doc, params)
+            loss = getattr(cls, "default_loss_reduction", "task") if kind != "top-K only" else "task"
+            table.add_row(name, kind, doc, loss, params)
     console.print(table)
 
 

@@ -86,8 +86,10 @@ class TrainConfig(_Strict):
     balance: str = "auto"  # a balancer name; auto: the model's own (waata: metabalance), else sum
     balance_params: dict[str, Any] = Field(default_factory=dict)
     # task: a head's loss is the mean over the batch (scenarios pooled); scenario_task: the sum over scenarios
-    # of the mean over each scenario's rows (the SAPENet paper's L = sum_s sum_t mean BCE)
-    loss_reduction: Literal["task", "scenario_task"] = "task"
+    # of the mean over each scenario's rows (the SAPENet paper's L = sum_s sum_t mean BCE); auto: the model's
+    # paper's form (`default_loss_reduction` of the model class: scenario_task for sapenet and m3oe), written
+    # resolved into config.yaml
+    loss_reduction: Literal["auto", "task", "scenario_task"] = "auto"
     log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
     progress: bool = True
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard/ (needs the `track` extra)
@@ -127,6 +129,17 @@ class TopKConfig(_Strict):
         return self
 
 
+def default_loss_reduction(model: str) -> str:
+    """The loss form of a model's paper (its class's `default_loss_reduction`); "task" for unknown names (they
+    fail later, naming the model)."""
+    from polyrec.models.base import get_model_class
+
+    try:
+        return get_model_class(model).default_loss_reduction
+    except PolyrecError:
+        return "task"
+
+
 class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -139,6 +152,8 @@ class RunConfig(_Strict):
         # Top-K runs keep "auto" and resolve it from the model (polyrec.topk.run).
         if self.topk is None and self.train.balance == "auto":
             self.train.balance = "sum"
+        if self.train.loss_reduction == "auto":
+            self.train.loss_reduction = "task" if self.topk is not None else default_loss_reduction(self.model.name)
         return self
 
     def to_yaml(self) -> str:

@@ -310,9 +310,14 @@ def test_star_auxiliary_logit_is_added_per_task():
 
 
 # --- SAR-Net --------------------------------------------------------------------------------
+def test_sarnet_without_bias_features_has_no_debias_expert():
+    model = _build("sarnet", make_spec())
+    assert model.task_debias is None
+
+
 def test_sarnet_gates_and_train_only_debias_expert():
     spec = make_spec()
-    model = _build("sarnet", spec)
+    model = _build("sarnet", spec, debias_scenario=True)
     batch, _ = make_batch(spec, 16, seed=11)
     model.eval()
     model._gates = {}

@@ -9,8 +9,9 @@ Gradient-level, over the shared parameters (polyrec.balance.grads): gradnorm (Ch
 pcgrad (Yu et al. 2020), metabalance (He et al. 2022).
 """
 
-from polyrec.balance.base import BALANCERS, Balancer, balancer_params, build_balancer, register_balancer
+from polyrec.balance.base import (BALANCERS, Balancer, balancer_for_heads, balancer_params, build_balancer,
+                                  register_balancer)
 from polyrec.balance import simple  # noqa: F401  (registers sum, fixed)
 from polyrec.balance import dwa, gradnorm, metabalance, pcgrad, uncertainty  # noqa: F401  (register the rest)
 
-__all__ = ["BALANCERS", "Balancer", "balancer_params", "build_balancer", "register_balancer"]
+__all__ = ["BALANCERS", "Balancer", "balancer_for_heads", "balancer_params", "build_balancer", "register_balancer"]

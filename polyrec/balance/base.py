@@ -93,3 +93,10 @@ def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any],
     """Balancer `name` for these tasks; `task_kinds` ("binary" | "regression" per task, default all binary)."""
     validated = balancer_params(name, params)  # unknown names and keys fail here, with close matches
     return BALANCERS[resolve_name(name)](task_names, validated, task_kinds=task_kinds)
+
+
+def balancer_for_heads(name: str, heads: Sequence[Any], params: dict[str, Any]) -> Balancer:
+    """Balancer `name` over a model's trained heads, each with its kind (binary / regression), so a formula
+    that depends on the loss type (uncertainty weighting's regression form) gets it in a real run."""
+    trained = [h for h in heads if h.train]
+    return build_balancer(name, [h.name for h in trained], params, task_kinds=[h.kind for h in trained])

@@ -9,8 +9,10 @@ Adam (learning rate `lr`), to minimise
 
 with the targets mean_G * r_t^alpha held constant (one target *per task*, as in the paper), then
 are renormalised to sum to T. W is `layer`: "last" (default, the paper's choice) = the last shared
-weight matrix in the model's parameter order (biases skipped; MMoE: the last expert layer, PLE:
-the last level's shared experts); "all" = every shared parameter (costlier). alpha defaults to 1.5.
+weight matrix as the model declares it (`MultiTaskModel.last_shared_layer`: MMoE the last expert layer,
+PLE the last level's shared experts, STAR the last shared FCN weight, M3oE/SAPENet the shared experts,
+not the per-task ones); "all" = every shared parameter (costlier). alpha defaults to 1.5. Called with a
+plain list of parameters (no model behind it), "last" is that list's last weight matrix.
 
 Choices where the paper is silent:
 * L_t(0) is task t's loss at the first step where it is non-zero (a task may have no sample in
@@ -35,6 +37,8 @@ from torch import nn
 from polyrec.balance.base import Balancer, BalancerParams, register_balancer
 from polyrec.balance.grads import EPS, task_gradients, trainable
 from polyrec.balance.simple import weighted_total
+from polyrec.errors import PolyrecError
+from polyrec.models.base import SharedParameters
 
 MIN_WEIGHT = 1e-4
 
@@ -45,8 +49,18 @@ class GradNormParams(BalancerParams):
     layer: Literal["last", "all"] = "last"
 
 
+def gradnorm_layer(shared: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+    """W: the model's declared last shared layer, or for a plain parameter list its last weight matrix."""
+    if isinstance(shared, SharedParameters):
+        if shared.last_layer is None:
+            raise PolyrecError("gradnorm needs a layer shared by every task, and this model shares none "
+                               "(singletask): use another --balance.")
+        return [shared.last_layer]
+    return last_shared_layer(shared)
+
+
 def last_shared_layer(shared: Sequence[nn.Parameter]) -> list[nn.Parameter]:
-    """The last weight matrix among `shared` (registration order): >= 2 dims and not bias-shaped [..., 1, d]."""
+    """The last weight matrix among `shared` (list order): >= 2 dims and not bias-shaped [..., 1, d]."""
     params = trainable(shared)
     matrices = [p for p in params if p.dim() >= 2 and p.shape[-2] > 1]
     return matrices[-1:] if matrices else params[-1:]
@@ -74,7 +88,7 @@ class GradNormBalancer(Balancer):
         weights = self.w.detach().clone()
         total = weighted_total(losses, weights.to(losses), extra)
         if self.params.layer == "last":  # a short pass per task down to W, then the ordinary backward
-            raw_norms = task_gradients(losses, last_shared_layer(shared)).norms()
+            raw_norms = task_gradients(losses, gradnorm_layer(shared)).norms()
             total.backward()
         else:  # W = all shared parameters: the per-task passes also give every gradient of sum_t w_t L_t
             with_extra = extra is not None and extra.requires_grad

@@ -269,6 +269,25 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def model_deviations(model: str) -> tuple[str, ...]:
+    """The model's declared deviations from its paper (`deviations` of the model class), () if none or unknown."""
+    from polyrec.models.base import MODELS
+    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
+
+    topk_model_names()  # registers both zoos
+    cls = TOPK_MODELS.get(model) or MODELS.get(model)
+    return tuple(getattr(cls, "deviations", ()) or ())
+
+
+def deviation_lines(models: list[str]) -> list[str]:
+    """'Deviations from the papers' under a table: every row's model that declares any."""
+    found = [(m, d) for m in models for d in model_deviations(m)]
+    if not found:
+        return []
+    return ["Deviations from the papers (they change numbers; see each model's docstring):", "",
+            *[f"- `{m}`: {d}" for m, d in found], ""]
+
+
 def dataset_markdown(ds: str, res: dict[str, Any], seeds: list[int], alpha: float = ALPHA) -> str:
     rows, table = res["rows"], res["table"]
     cols = table["columns"]
@@ -286,6 +305,7 @@ def dataset_markdown(ds: str, res: dict[str, Any], seeds: list[int], alpha: floa
                         + [format_cell(table["cells"][lb].get(c["key"], {})) for c in cols])
         lines += _md_table(["row", "seeds"] + [_md_escape(c["header"]) for c in cols], body)
         lines.append("")
+        lines += deviation_lines(sorted({str(info["model"]) for info in rows.values() if info.get("model")}))
         # the tests behind the stars
         tbody = []
         for c in cols:

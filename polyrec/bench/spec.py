@@ -47,11 +47,15 @@ from polyrec.config import DataConfig, RunConfig, TrainConfig, load_config
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.utils.io import read_yaml
 
-# Named rows: label -> (model, params). E.g. "sapenet-no-attention": ("sapenet", {"attention": False}).
+# Named rows: label -> (model, params); a dotted key is a config setting of the row, e.g.
+# "sapenet-no-attention": ("sapenet", {"attention": False}), "m3oe-pooled-loss": ("m3oe", {"train.loss_reduction": "task"}).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the SAPENet paper's ablations (../shared/docs/specs/sapenet.md)
     "sapenet-no-attention": ("sapenet", {"attention": False}),
     "sapenet-mmoe": ("sapenet", {"extraction": "mmoe"}),
+    # SAPENet and M3oE train with their papers' per-(scenario, task) loss by default; the pooled per-task mean
+    "sapenet-pooled-loss": ("sapenet", {"train.loss_reduction": "task"}),
+    "m3oe-pooled-loss": ("m3oe", {"train.loss_reduction": "task"}),
     # the WAA-TA paper's ablations (../shared/docs/specs/waa-ta.md); WAA-TA1 also trains with `sum`, not
     # MetaBalance: give it train.balance=sum in its row
     "waata-no-aux": ("waata", {"auxiliary": False}),
@@ -274,10 +278,11 @@ def make_row(label: str, model_text: str, params: dict[str, Any] | None = None,
              sets: dict[str, Any] | None = None, source: str | None = None) -> Row:
     where = f"row {label!r}"
     name, bracket = parse_bracket(model_text)
-    model, base_params = _resolve_model(name, where)
+    model, variant = _resolve_model(name, where)
+    base_params, base_sets = _split_params(variant, where)
     b_params, b_sets = _split_params(bracket, where)
     p_params, p_sets = _split_params(dict(params or {}), where)
-    all_sets = {**b_sets, **p_sets, **parse_assignments(sets, where)}
+    all_sets = {**base_sets, **b_sets, **p_sets, **parse_assignments(sets, where)}
     for k in list(all_sets):
         check_key(k, where)
         if k.startswith("model."):

@@ -7,6 +7,7 @@ from torch import nn
 
 from polyrec.data.batching import Batch
 from polyrec.models.spec import ModelSpec
+from polyrec.layers.decay import no_decay
 
 
 class FusedEmbedding(nn.Module):
@@ -47,7 +48,7 @@ class InputEmbedding(nn.Module):
             spec.vocab_sizes + [spec.sequence_vocab[s] for s in self.seq_names], dim, sparse=sparse
         )
         self.n_num = len(spec.numeric_fields)
-        self.numeric_vectors = (nn.Parameter(torch.randn(self.n_num, dim) * 0.01)
+        self.numeric_vectors = (no_decay(nn.Parameter(torch.randn(self.n_num, dim) * 0.01))
                                 if self.n_num and numeric_fields else None)
         self.dim = dim
         self.n_fields = self.n_cat + len(self.seq_names) + self.n_num

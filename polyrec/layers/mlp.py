@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from polyrec.layers.decay import no_decay
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
 
@@ -76,7 +77,7 @@ class ParallelMLP(nn.Module):
         for d_in, d_out in zip(sizes[:-1], sizes[1:]):
             bound = 1.0 / math.sqrt(d_in)
             self.weights.append(nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound)))
+            self.biases.append(no_decay(nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound))))
         n_hidden = len(dims)
         self.hidden = [True] * n_hidden + ([False] if out_dim is not None else [])
         self.norms = nn.ModuleList(

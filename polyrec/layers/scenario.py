@@ -20,6 +20,7 @@ from torch import nn
 
 from polyrec.errors import PolyrecError
 from polyrec.models.spec import ModelSpec
+from polyrec.layers.decay import no_decay
 
 
 def scenario_matmul(x: torch.Tensor, w: torch.Tensor, scen: torch.Tensor) -> torch.Tensor:
@@ -52,8 +53,8 @@ class ScenarioAffine(nn.Module):
 
     def __init__(self, n_scenarios: int, dim: int) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.ones(n_scenarios, dim))
-        self.beta = nn.Parameter(torch.zeros(n_scenarios, dim))
+        self.gamma = no_decay(nn.Parameter(torch.ones(n_scenarios, dim)))
+        self.beta = no_decay(nn.Parameter(torch.zeros(n_scenarios, dim)))
 
     def forward(self, x: torch.Tensor, scen: torch.Tensor) -> torch.Tensor:
         return x * self.gamma[scen] + self.beta[scen]
@@ -70,8 +71,8 @@ class StarLinear(nn.Module):
         bound = 1.0 / math.sqrt(in_dim)
         self.weight = nn.Parameter(torch.empty(in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(out_dim).uniform_(-bound, bound))
-        self.scen_weight = nn.Parameter(torch.ones(n_scenarios, in_dim, out_dim))
-        self.scen_bias = nn.Parameter(torch.zeros(n_scenarios, out_dim))
+        self.scen_weight = no_decay(nn.Parameter(torch.ones(n_scenarios, in_dim, out_dim)))  # W_s: multiplicative, starts at 1
+        self.scen_bias = no_decay(nn.Parameter(torch.zeros(n_scenarios, out_dim)))
 
     def forward(self, x: torch.Tensor, scen: torch.Tensor) -> torch.Tensor:
         return scenario_matmul(x, self.weight * self.scen_weight, scen) + self.bias + self.scen_bias[scen]
@@ -93,8 +94,8 @@ class PartitionedNorm(nn.Module):
         self.momentum, self.eps = momentum, eps
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
-        self.scen_gamma = nn.Parameter(torch.ones(n_scenarios, dim))
-        self.scen_beta = nn.Parameter(torch.zeros(n_scenarios, dim))
+        self.scen_gamma = no_decay(nn.Parameter(torch.ones(n_scenarios, dim)))
+        self.scen_beta = no_decay(nn.Parameter(torch.zeros(n_scenarios, dim)))
         self.register_buffer("running_mean", torch.zeros(n_scenarios, dim))
         self.register_buffer("running_var", torch.ones(n_scenarios, dim))
         self.register_buffer("updates", torch.zeros(n_scenarios, dtype=torch.long))  # batches that updated a slot
@@ -145,7 +146,7 @@ class MetaLinear(nn.Module):
         self.n, self.in_dim, self.out_dim = n, in_dim, out_dim
         bound = 1.0 / math.sqrt(in_dim)
         self.w0 = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
-        self.b0 = nn.Parameter(torch.empty(n, out_dim).uniform_(-bound, bound))
+        self.b0 = no_decay(nn.Parameter(torch.empty(n, out_dim).uniform_(-bound, bound)))
         self.generator = nn.Linear(cond_dim, n * (in_dim + 1) * out_dim, bias=False)
         nn.init.uniform_(self.generator.weight, -bound / math.sqrt(cond_dim), bound / math.sqrt(cond_dim))
 

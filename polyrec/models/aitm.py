@@ -99,3 +99,7 @@ class AITM(MultiTaskModel):
     def shared_parameters(self) -> list[nn.Parameter]:
         """Only the embedding reaches every task (towers, transfers and AITs serve some tasks of the funnel)."""
         return list(self.embedding.parameters())
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: only the embedding reaches every task: its table is W."""
+        return self.embedding.embedding.table.weight

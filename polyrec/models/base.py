@@ -62,6 +62,12 @@ class MultiTaskModel(nn.Module):
     """Base class. Subclasses set `Params`, build layers in __init__ and implement forward."""
 
     Params: ClassVar[type[ModelParams]] = ModelParams
+    # the loss form of the model's paper, used when train.loss_reduction is auto: "task" (each head's mean over
+    # the batch) or "scenario_task" (the sum over scenarios of each scenario's mean)
+    default_loss_reduction: ClassVar[str] = "task"
+    # choices that change numbers against the model's paper (or the authors' release): one sentence each,
+    # printed under every bench table that has the model (the docstring explains them at length)
+    deviations: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: ModelSpec, embed_dim: int, params: ModelParams) -> None:
         super().__init__()
@@ -95,6 +101,21 @@ class MultiTaskModel(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters every task's loss reaches; gradient-based balancers work on these."""
         return [p for n, p in self.named_parameters() if not n.startswith(("towers", "task_"))]
+
+    def last_shared_layer(self) -> nn.Parameter | None:
+        """The last weight matrix every task's loss passes through: GradNorm's W (Chen et al. normalise the
+        gradients there). Each model declares its own (a registry-wide test checks it is shared, is a matrix
+        and is reached by every task); None for a model that shares nothing."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare last_shared_layer()")
+
+
+class SharedParameters(list):
+    """The parameters every task's loss reaches, carrying the model's declared last shared layer, so a
+    balancer that needs one layer (GradNorm) never guesses it from parameter order or shape."""
+
+    def __init__(self, params: list[nn.Parameter], last_layer: nn.Parameter | None = None) -> None:
+        super().__init__(params)
+        self.last_layer = last_layer
 
 
 MODELS: dict[str, type[MultiTaskModel]] = {}

@@ -53,6 +53,9 @@ class ESCM2Params(ESMMParams):
 @register("escm2")
 class ESCM2(ESMM):
     Params = ESCM2Params
+    deviations = (
+        "counterfactual weight lambda_c = 0.1 by default; the authors' release uses 0.5",
+    )
 
     def __init__(self, spec, embed_dim, params: ESCM2Params) -> None:
         super().__init__(spec, embed_dim, params)

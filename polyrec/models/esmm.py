@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from polyrec.data.batching import Batch
 from polyrec.errors import PolyrecError
@@ -78,3 +79,7 @@ class ESMM(MultiTaskModel):
         out = logits.clone()
         out[:, self.ctcvr_idx] = logit_of_product(ctr, cvr)
         return torch.cat([out, cvr.unsqueeze(1)], dim=1)
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: ESMM shares only the embedding: its table is W."""
+        return self.embedding.embedding.table.weight

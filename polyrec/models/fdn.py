@@ -60,6 +60,9 @@ def orthogonality(shared: torch.Tensor, specific: torch.Tensor) -> torch.Tensor:
 @register("fdn")
 class FDN(MultiTaskModel):
     Params = FDNParams
+    deviations = (
+        "orthogonality loss on batch-centred, row-normalised parts divided by B^2 (cross-correlation in [0, 1]), not the raw ||S^T P||_F^2",
+    )
 
     def __init__(self, spec, embed_dim, params: FDNParams) -> None:
         super().__init__(spec, embed_dim, params)
@@ -109,3 +112,7 @@ class FDN(MultiTaskModel):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [*self.embedding.parameters(), *self.shared_extractors.parameters()]
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the shared extractors' last layer."""
+        return self.shared_extractors.weights[-1]

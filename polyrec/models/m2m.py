@@ -37,6 +37,7 @@ from polyrec.layers.experts import mix
 from polyrec.layers.mlp import ParallelMLP, activation
 from polyrec.layers.scenario import MetaLinear, scenario_matmul
 from polyrec.models.base import ModelParams, MultiTaskModel, register
+from polyrec.layers.decay import no_decay
 
 
 class M2MParams(ModelParams):
@@ -54,14 +55,14 @@ class M2M(MultiTaskModel):
         super().__init__(spec, embed_dim, params)
         p, d, n_t = params, embed_dim, self.n_tasks
         self.embedding = InputEmbedding(spec, d, numeric_fields=False)
-        self.scenario_emb = nn.Parameter(torch.randn(spec.n_scenarios, d))
-        self.task_emb = nn.Parameter(torch.randn(n_t, d))
+        self.scenario_emb = no_decay(nn.Parameter(torch.randn(spec.n_scenarios, d)))
+        self.task_emb = no_decay(nn.Parameter(torch.randn(n_t, d)))
         self.experts = ParallelMLP(p.n_experts, self.embedding.flat_dim, p.expert_dims, None, p.dropout,
                                    p.activation, p.batch_norm)
         dim = self.experts.out_dim
         self.meta_attention = MetaLinear(1, d, dim + d, p.attention_dim)
         bound = 1.0 / math.sqrt(p.attention_dim)
-        self.task_query = nn.Parameter(torch.empty(n_t, p.attention_dim).uniform_(-bound, bound))  # v_t
+        self.task_query = no_decay(nn.Parameter(torch.empty(n_t, p.attention_dim).uniform_(-bound, bound)))  # v_t
         self.towers = nn.ModuleList(MetaLinear(n_t, d, dim, dim) for _ in range(p.tower_layers))
         self.towers_out = ParallelMLP(n_t, dim, [], 1)
         self.act = activation(p.activation)
@@ -82,3 +83,6 @@ class M2M(MultiTaskModel):
             h = h + self.dropout(self.act(layer(h, self.scenario_emb, s)))
         return self.towers_out(h).squeeze(-1)
 
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the experts' last layer (meta attention and towers are generated per task)."""
+        return self.experts.weights[-1]

@@ -149,6 +149,10 @@ class PairExpertModel(MultiTaskModel):
 @register("m3oe")
 class M3oE(PairExpertModel):
     Params = M3oEParams
+    deviations = (
+        "fusion weights alpha trained jointly with the network, not by the paper's bi-level (DARTS-style) search on validation data",
+    )
+    default_loss_reduction = "scenario_task"  # the paper's L = sum_s sum_t mean BCE over (s, t)'s rows
 
     def __init__(self, spec, embed_dim, params: M3oEParams) -> None:
         super().__init__(spec, embed_dim, params)
@@ -167,3 +171,7 @@ class M3oE(PairExpertModel):
 
     def extract(self, h: torch.Tensor, scenario: torch.Tensor) -> torch.Tensor:
         return self._pair_mmoe(h, scenario)
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the shared experts' last layer, not the per-task experts Q_t of the task view."""
+        return self.experts.weights[-1]

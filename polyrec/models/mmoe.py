@@ -42,3 +42,7 @@ class MMoE(MultiTaskModel):
         gate_logits = self.task_gates(x).view(x.shape[0], self.n_tasks, -1)  # [B, T, E]
         self.record_gate("task_gates", torch.softmax(gate_logits, -1))
         return self.towers(mix(gate_logits, experts)).squeeze(-1)  # [B, T]
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the experts' last layer (every task's gate mixes them)."""
+        return self.experts.weights[-1]

@@ -43,3 +43,7 @@ class OMoE(MultiTaskModel):
         gate_logits = self.gate(x)  # [B, E]
         self.record_gate("gate", torch.softmax(gate_logits, -1).unsqueeze(1))  # [B, 1, E]: one gate
         return self.towers(mix(gate_logits, self.experts(x))).squeeze(-1)  # shared input [B, D] -> [B, T]
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the experts' last layer."""
+        return self.experts.weights[-1]

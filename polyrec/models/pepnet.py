@@ -34,6 +34,7 @@ from polyrec.layers.embedding import InputEmbedding
 from polyrec.layers.mlp import ParallelMLP, activation
 from polyrec.layers.scenario import field_index
 from polyrec.models.base import ModelParams, MultiTaskModel, register
+from polyrec.layers.decay import no_decay
 
 
 class PEPNetParams(ModelParams):
@@ -59,13 +60,16 @@ class GateNU(nn.Module):
 @register("pepnet")
 class PEPNet(MultiTaskModel):
     Params = PEPNetParams
+    deviations = (
+        "the prior embeddings fed to the PPNet gates are detached (stop-gradient) as well as the EPNet output",
+    )
 
     def __init__(self, spec, embed_dim, params: PEPNetParams) -> None:
         super().__init__(spec, embed_dim, params)
         p, d = params, embed_dim
         self.embedding = InputEmbedding(spec, d)
         n_fields = self.embedding.n_fields
-        self.scenario_emb = nn.Parameter(torch.randn(spec.n_scenarios, d) * 0.01)
+        self.scenario_emb = no_decay(nn.Parameter(torch.randn(spec.n_scenarios, d) * 0.01))
         self.domain_idx = field_index(spec, p.domain_fields, "pepnet domain_fields")
         prior = spec.categorical_fields if p.prior_fields is None else p.prior_fields
         self.prior_idx = field_index(spec, prior, "pepnet prior_fields")
@@ -90,3 +94,7 @@ class PEPNet(MultiTaskModel):
             if i < len(self.towers) - 1:
                 h = self.dropout(self.act(h))
         return h.squeeze(-1)
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: EPNet's gate, the last module every task passes through (the towers and PPNet gates are per task)."""
+        return self.ep_gate.mlp.weights[-1]

@@ -88,3 +88,7 @@ class PLE(MultiTaskModel):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n.startswith("embedding") or ".shared_" in n]
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the last level's shared experts."""
+        return self.levels[-1].shared_experts.weights[-1]

@@ -20,9 +20,9 @@ Forward pass, step by step as in docs/specs/sapenet.md (s: the sample's scenario
  6. f_{s,t} = h_t^PLE + alpha_s g_bar_s + alpha_t q_bar_t; logit_{s,t} = Tower_{s,t}(f_{s,t}).
     A sample of scenario s returns logit_{s,:} (all pairs computed, each sample gathers its own row:
     the other scenarios' towers get no gradient from it); y_hat = sigmoid(logit) outside the model.
-    Loss: the spec's is a BCE mean per (s, t) pair, summed over pairs: `train.loss_reduction=scenario_task`
-    (a trainer setting, for any model). The default, `task`, takes the mean per task over the whole batch
-    (scenarios pooled, i.e. pairs weighted by their share of the batch, not equally).
+    Loss: the spec's is a BCE mean per (s, t) pair, summed over pairs: `train.loss_reduction=scenario_task`,
+    this model's default (`train.loss_reduction=auto`). `task` (the bench variant `sapenet-pooled-loss`) takes
+    the mean per task over the whole batch (scenarios pooled, i.e. pairs weighted by their share of the batch).
 
 Choices where the paper/spec is silent:
 * Fields: categorical ids, then sequences (masked mean of their token embeddings), then numeric
@@ -86,6 +86,7 @@ class SAPENetParams(ModelParams):
 @register("sapenet")
 class SAPENet(PairExpertModel):
     Params = SAPENetParams
+    default_loss_reduction = "scenario_task"  # the paper's L = sum_s sum_t mean BCE over (s, t)'s rows
 
     def __init__(self, spec, embed_dim, params: SAPENetParams) -> None:
         super().__init__(spec, embed_dim, params)
@@ -125,3 +126,8 @@ class SAPENet(PairExpertModel):
             task_in, shared_in, gates = level(task_in, shared_in)
             self.record_gate(f"level{i + 1}_task_gates", gates)
         return task_in.unsqueeze(1)  # h_t^PLE, the same for every scenario: [B, 1, T, D]
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the last PLE level's shared experts (the MMoE experts with extraction=mmoe), not the
+        per-task experts Q_t of the task view."""
+        return self.levels[-1].shared_experts.weights[-1] if hasattr(self, "levels") else self.experts.weights[-1]

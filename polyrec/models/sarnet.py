@@ -18,14 +18,16 @@ For a sample of scenario s with scenario embedding e_s (own table):
      each scenario slot (a row only runs through its own scenario's experts); task t's gate is a
      softmax over [own-scenario experts ; shared experts] from a linear map of z, which carries
      the scenario through γ_s, β_s and e_s (no batch statistics).
-  4. Debias expert: the paper's bias net reads "fairness coefficient" features, is added to the
-     experts' output in training only and is removed at serving, so ranking is not driven by
-     exposure bias. Here it is one linear logit per task, without intercept, on [e_s ; fields named
-     in `debias_fields`] (e.g. a position feature; default: none), added to the logits in training
-     mode only; validation, test and serving (eval mode) use the main network alone. With the
-     default input it absorbs per-scenario offsets of the label rate during training, so eval
-     scores are "fair" across scenarios: per-scenario AUCs are unaffected, pooled calibration is not
-     the training one.
+  4. Debias expert: the paper's bias net reads "fairness coefficient" (exposure-bias) features, is
+     added to the experts' output in training only and is removed at serving, so ranking is not
+     driven by exposure bias. Here it is one linear logit per task, without intercept, on the fields
+     named in `debias_fields` (e.g. a position feature), added to the logits in training mode only;
+     validation, test and serving (eval mode) use the main network alone. With no `debias_fields`
+     (the default) there is no bias feature to debias, so there is no debias expert: the faithful
+     reading, since the scenario is not an exposure-bias feature. `debias_scenario=true` also feeds
+     e_s to it (polyrec before 2026-12): it then learns per-scenario offsets of the label rate that
+     evaluation throws away (per-scenario AUCs unchanged, pooled AUC and calibration worse; measured
+     in docs/results/sarnet-debias).
 Multi-task form (the paper has one CTR output): one gate per task over the shared and own-scenario
 experts (step 3) and one tower per task on the mixed representation.
 """
@@ -43,6 +45,7 @@ from polyrec.layers.experts import mix
 from polyrec.layers.mlp import ParallelMLP
 from polyrec.layers.scenario import ScenarioAffine, field_index
 from polyrec.models.base import ModelParams, MultiTaskModel, register
+from polyrec.layers.decay import no_decay
 
 
 class SARNetParams(ModelParams):
@@ -50,7 +53,8 @@ class SARNetParams(ModelParams):
     n_scenario_experts: int = 1  # per scenario slot
     expert_dims: list[int] = [64]
     tower_dims: list[int] = [32]
-    debias_fields: list[str] = []  # bias features for the (train-only) debias expert, besides e_s
+    debias_fields: list[str] = []  # exposure-bias features for the (train-only) debias expert
+    debias_scenario: bool = False  # also feed e_s to the debias expert (its offsets are dropped at evaluation)
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -67,12 +71,15 @@ def attend(q: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | None) -> t
 @register("sarnet")
 class SARNet(MultiTaskModel):
     Params = SARNetParams
+    deviations = (
+        "no debias expert unless exposure-bias fields are named (debias_fields); the paper's bias features are not in these datasets",
+    )
 
     def __init__(self, spec, embed_dim, params: SARNetParams) -> None:
         super().__init__(spec, embed_dim, params)
         p, n_scen, d = params, spec.n_scenarios, embed_dim
         self.embedding = InputEmbedding(spec, d)
-        self.scenario_emb = nn.Parameter(torch.randn(n_scen, d) * 0.01)
+        self.scenario_emb = no_decay(nn.Parameter(torch.randn(n_scen, d) * 0.01))
         self.n_cat = self.embedding.n_cat
         self.query = nn.Linear(self.n_cat * d + d, d)
         n_reads = max(len(self.embedding.seq_names), 1)
@@ -85,8 +92,9 @@ class SARNet(MultiTaskModel):
         self.towers = ParallelMLP(self.n_tasks, self.shared_experts.out_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)
         self.debias_idx = field_index(spec, p.debias_fields, "sarnet debias_fields")
-        d_bias = d * (1 + len(self.debias_idx))  # no intercept: the base rate belongs to the main network
-        self.task_debias = nn.Parameter(torch.empty(d_bias, self.n_tasks).uniform_(-d_bias ** -0.5, d_bias ** -0.5))
+        d_bias = d * (int(p.debias_scenario) + len(self.debias_idx))  # no intercept: the base rate is the main net's
+        self.task_debias = (nn.Parameter(torch.empty(d_bias, self.n_tasks).uniform_(-d_bias ** -0.5, d_bias ** -0.5))
+                            if d_bias else None)
 
     def behaviour_reads(self, batch: Batch, x: torch.Tensor, e_s: torch.Tensor) -> list[torch.Tensor]:
         q = self.query(torch.cat([x[:, : self.n_cat * self.embed_dim], e_s], dim=1))  # flat starts with the cat fields
@@ -105,8 +113,8 @@ class SARNet(MultiTaskModel):
         gate_logits = self.task_gates(z)  # [B, T, ns + n_shared]
         self.record_gate("task_gates", torch.softmax(gate_logits, -1))
         logits = self.towers(mix(gate_logits, experts)).squeeze(-1)  # [B, T]
-        if self.training:  # debias expert: training only (removed at serving, as in the paper)
-            bias_in = [e_s]
+        if self.training and self.task_debias is not None:  # debias expert: training only, as in the paper
+            bias_in = [e_s] if self.params.debias_scenario else []
             if self.debias_idx:
                 bias_in.append(self.embedding.fields(batch)[:, self.debias_idx].flatten(1))
             logits = logits + torch.cat(bias_in, dim=1) @ self.task_debias
@@ -116,3 +124,7 @@ class SARNet(MultiTaskModel):
         """The default (all but towers and task_*), less the numeric field vectors when no attention reads them."""
         unused = self.embedding.numeric_vectors if self.embedding.seq_names else None  # flat() uses raw values
         return [p for p in super().shared_parameters() if p is not unused]
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the shared experts' last layer (scenario experts serve one scenario's rows)."""
+        return self.shared_experts.weights[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from polyrec.data.batching import Batch
 from polyrec.layers.embedding import InputEmbedding
@@ -29,3 +30,7 @@ class SharedBottom(MultiTaskModel):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.towers(self.bottom(self.embedding.flat(batch))).squeeze(-1)
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the bottom MLP's last linear layer."""
+        return [m for m in self.bottom.modules() if isinstance(m, nn.Linear)][-1].weight

@@ -36,3 +36,7 @@ class SingleTask(MultiTaskModel):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return []
+
+    def last_shared_layer(self) -> nn.Parameter | None:
+        """GradNorm's W: nothing is shared."""
+        return None

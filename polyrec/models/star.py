@@ -33,6 +33,7 @@ from polyrec.layers.embedding import InputEmbedding
 from polyrec.layers.mlp import ParallelMLP, activation
 from polyrec.layers.scenario import PartitionedNorm, StarLinear, field_index
 from polyrec.models.base import ModelParams, MultiTaskModel, register
+from polyrec.layers.decay import no_decay
 
 
 class STARParams(ModelParams):
@@ -55,7 +56,7 @@ class STAR(MultiTaskModel):
         dims = [d_in, *p.fcn_dims]
         self.fcn = nn.ModuleList(StarLinear(n_scen, a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.task_out = StarLinear(n_scen, dims[-1], self.n_tasks)  # column t = task t's output layer
-        self.scenario_emb = nn.Parameter(torch.randn(n_scen, embed_dim) * 0.01)
+        self.scenario_emb = no_decay(nn.Parameter(torch.randn(n_scen, embed_dim) * 0.01))
         self.domain_idx = field_index(spec, p.domain_fields, "star domain_fields")
         d_aux = embed_dim * (1 + len(self.domain_idx))
         self.task_aux = ParallelMLP(self.n_tasks, d_aux, p.aux_dims, 1, 0.0, p.activation)
@@ -70,3 +71,7 @@ class STAR(MultiTaskModel):
             h = self.dropout(self.act(layer(h, s)))
         aux_in = torch.cat([self.scenario_emb[s], e[:, self.domain_idx].flatten(1)], dim=1)
         return self.task_out(h, s) + self.task_aux(aux_in).squeeze(-1)  # [B, T]
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the shared weight of the last star-topology layer (not a per-scenario weight or bias)."""
+        return self.fcn[-1].weight

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from polyrec.balance import build_balancer
+from polyrec.balance import balancer_for_heads
 from polyrec.config import RunConfig, load_config
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.topk.data import load_topk
@@ -89,7 +89,7 @@ def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Cal
     model = build_for(cfg, data)
     train_cfg = topk_train_config(cfg, data.target, model)
     view = TrainingView(model)
-    balancer = build_balancer(train_cfg.balance, [h.name for h in view.heads if h.train], train_cfg.balance_params)
+    balancer = balancer_for_heads(train_cfg.balance, view.heads, train_cfg.balance_params)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}; "
         f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; balance {train_cfg.balance}"

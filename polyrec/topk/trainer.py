@@ -137,6 +137,9 @@ class TrainingView(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         return self.model.shared_parameters()
 
+    def last_shared_layer(self) -> nn.Parameter | None:
+        return self.model.last_shared_layer()
+
 
 @torch.inference_mode()
 def score_matrix(model: TopKModel, n_users: int, chunk: int) -> torch.Tensor:

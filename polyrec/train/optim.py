@@ -1,6 +1,8 @@
 """Optimisers with parameter groups.
 
-Embedding tables get no weight decay unless asked (`train.embedding_weight_decay`). Large tables
+Weight decay applies to weight matrices only (polyrec.layers.decay): never to biases, normalisation and
+scenario scales, multiplicative scenario weights, scenario/task embedding vectors, mixing scalars or a
+balancer's own parameters. Embedding tables get no weight decay unless asked (`train.embedding_weight_decay`). Large tables
 (or any, with `train.sparse_embeddings: true`) get sparse gradients and a lazy optimiser
 (SparseAdam / sparse Adagrad / SGD): a step touches only the rows in the batch, instead of
 decaying every row's Adam moments on every step as a dense optimiser does.
@@ -16,6 +18,7 @@ from torch import nn
 
 from polyrec.config import TrainConfig
 from polyrec.errors import PolyrecError
+from polyrec.layers.decay import decayed
 
 SPARSE_AUTO_ROWS = 100_000  # "auto": sparse from this many embedding rows on
 
@@ -90,7 +93,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig,
     emb_ids = {id(m.weight) for m in embeddings}
     emb = [m.weight for m in embeddings if m.weight.requires_grad]
     rest = [p for p in model.parameters() if id(p) not in emb_ids and p.requires_grad]
-    rest += list(extra or [])
+    decay = [p for p in rest if decayed(p)]
+    plain = [p for p in rest if not decayed(p)] + list(extra or [])  # balancer weights / log-variances: never
     if cfg.optimizer == "adamw" and not (cfg.weight_decay or cfg.embedding_weight_decay):
         # AdamW differs from Adam only by its decoupled decay: without one, a comparison of the two compares nothing
         warnings.warn("train.optimizer=adamw with no weight decay is exactly Adam; set train.weight_decay "
@@ -98,11 +102,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig,
     sparse = use_sparse(model, cfg)
     for m in embeddings:
         m.sparse = sparse  # read at lookup time by the input layer
+    dense = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     if sparse:
-        return CombinedOptimizer([_dense([{"params": rest, "weight_decay": cfg.weight_decay}], cfg),
-                                  _sparse(emb, cfg)])
-    groups = [g for g in (
-        {"params": rest, "weight_decay": cfg.weight_decay},
-        {"params": emb, "weight_decay": cfg.embedding_weight_decay},
-    ) if g["params"]]
+        return CombinedOptimizer([_dense([g for g in dense if g["params"]], cfg), _sparse(emb, cfg)])
+    groups = [g for g in (*dense, {"params": emb, "weight_decay": cfg.embedding_weight_decay}) if g["params"]]
     return _dense(groups, cfg)
+
+
+def decayed_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the parameters `train.weight_decay` applies to (for tests and `polyrec models list`)."""
+    emb_ids = {id(m.weight) for m in embedding_modules(model)}
+    return [n for n, p in model.named_parameters() if id(p) not in emb_ids and decayed(p)]

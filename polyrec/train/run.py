@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from polyrec import __version__
-from polyrec.balance import build_balancer
+from polyrec.balance import balancer_for_heads
 from polyrec.config import RunConfig, check_device, load_config
 from polyrec.data.batching import TensorTable
 from polyrec.data.encoders import Encoders
@@ -163,7 +163,7 @@ def _train_ctr_run(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[s
     spec = data.model_spec()
     _seed_everything(cfg.train.seed)
     model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
-    balancer = build_balancer(cfg.train.balance, [h.name for h in model.heads if h.train], cfg.train.balance_params)
+    balancer = balancer_for_heads(cfg.train.balance, model.heads, cfg.train.balance_params)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}")
     tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items() if evaluate_test or k != "test"}

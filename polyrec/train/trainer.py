@@ -22,7 +22,7 @@ from polyrec.config import TrainConfig
 from polyrec.data.batching import TensorTable
 from polyrec.errors import PolyrecError
 from polyrec.metrics.report import evaluate, flatten
-from polyrec.models.base import MultiTaskModel
+from polyrec.models.base import MultiTaskModel, SharedParameters
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from polyrec.train.losses import HeadLosses
 from polyrec.train.monitor import Monitor
@@ -77,7 +77,7 @@ class Trainer:
         self.losses = HeadLosses(model.heads, self._task_names(),
                                  per_scenario=cfg.loss_reduction == "scenario_task")
         self.optimizer = build_optimizer(model, cfg, balancer.parameters())
-        self.shared = model.shared_parameters()
+        self.shared = SharedParameters(model.shared_parameters(), model.last_shared_layer())
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode)
         self._monitor_checked = False
 

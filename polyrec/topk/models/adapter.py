@@ -85,3 +85,6 @@ class CTRAdapter(TopKModel):
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         return self.model.shared_parameters()
+
+    def last_shared_layer(self) -> torch.nn.Parameter | None:
+        return self.model.last_shared_layer()

@@ -128,6 +128,10 @@ class TopKModel(nn.Module):
         """What gradient balancers act on: by convention every parameter not under `towers*`/`task_*`."""
         return [p for n, p in self.named_parameters() if not n.startswith(("towers", "task_"))]
 
+    def last_shared_layer(self) -> nn.Parameter | None:
+        """GradNorm's W (see polyrec.models.base.MultiTaskModel.last_shared_layer); each model declares it."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare last_shared_layer()")
+
 
 def sum_parts(model: TopKModel, parts: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """Record the (weighted) loss terms in `model.last_loss_parts` and return their sum (None if empty)."""

@@ -10,6 +10,7 @@ choices where the paper is silent (joint rather than alternating training, detac
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from polyrec.topk.models.base import DotProductModel, TopKInfo, register_topk, sum_parts
 from polyrec.topk.models.graph import GraphEncoder, GraphParams
@@ -38,3 +39,7 @@ class KGAT(DotProductModel):
         p = self.params
         parts = {"kg": p.kg_weight * self.graph.kg_loss(p.kg_batch_size)} if p.kg_weight > 0 else {}
         return sum_parts(self, parts)
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the last propagation layer's W1 (its sum branch)."""
+        return self.graph.propagation.layers[-1].sum.weight

@@ -33,3 +33,7 @@ class MF(DotProductModel):
 
     def tables(self, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user.weight, self.item.weight
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the item table (one pairwise head; users and items meet only in the dot product)."""
+        return self.item.weight

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from pydantic import Field, PositiveInt
 
 from polyrec.errors import PolyrecError
@@ -165,3 +166,7 @@ class WAATA(TopKModel):
         if p.kg_weight > 0:
             parts["kg"] = p.kg_weight * self.graph.kg_loss(p.kg_batch_size)
         return sum_parts(self, parts)
+
+    def last_shared_layer(self) -> nn.Parameter:
+        """GradNorm's W: the shared extractors' last layer (the towers and task extractors are per task)."""
+        return self.shared_extractors.weights[-1]
