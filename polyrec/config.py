@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -186,12 +187,23 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             f"Unknown config section {parts[0]!r} in --set {key}.{close_matches(parts[0], RunConfig.model_fields)}"
             f" Sections: {', '.join(RunConfig.model_fields)}."
         )
+    try:
+        set_dotted(raw, key.strip(), yaml.safe_load(value))
+    except yaml.YAMLError:
+        raise PolyrecError(f"--set {key}: the value {value!r} is not valid YAML") from None
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw['train']['lr'] = value for key 'train.lr' (the one dotted-key writer: --set, bench rows, tune trials).
+    Intermediate sections are created; one that holds a plain value is replaced by a section."""
+    parts = key.split(".")
     node = raw
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise PolyrecError(f"--set {key}: {p!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = node[p] = {}
+        node = nxt
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -19,26 +19,16 @@ import yaml
 from polyrec.bench.stats import ALPHA, PairedTest, mean_std, min_wilcoxon_p, paired_test, significant
 from polyrec.errors import PolyrecError
 from polyrec.metrics.report import flatten
+from polyrec.metrics.direction import lower_is_better
 from polyrec.utils.io import atomic_write_text
+from polyrec.utils.io import read_json_or_none as _read_json
 
-LOWER_IS_BETTER = ("logloss", "rmse", "mae", "mse", "train_seconds", "seconds_per_epoch", "wall_seconds")
 COST_KEYS = ("train_seconds", "seconds_per_epoch", "wall_seconds", "epochs_run", "best_epoch")
 FILES = ("results.json", "results.csv", "results-per-seed.csv", "results.md")
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
-
-
 def run_dir(bench_dir: Path, dataset: str, folder: str, seed: int) -> Path:
     return Path(bench_dir) / "runs" / dataset / folder / f"seed{seed}"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def seed_values(metrics: dict[str, Any]) -> dict[str, float]:

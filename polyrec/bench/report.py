@@ -42,6 +42,7 @@ import yaml
 from polyrec.errors import PolyrecError
 from polyrec.metrics.topk import headline_key
 from polyrec.utils.io import atomic_write_text
+from polyrec.utils.io import read_json_or_none as _read_json
 
 REPORT = "report.html"
 DPI = 90
@@ -103,13 +104,6 @@ class Bench:
             if isinstance(row, dict) and str(row.get("label")) == label:
                 return row
         return {}
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from polyrec.metrics.topk import headline_key
 from polyrec.train.run import train_run
 from polyrec.train.trainer import CHECKPOINT
 from polyrec.utils.io import atomic_write_text
+from polyrec.utils.io import read_json_or_none as _read_json
 
 Echo = Callable[..., None]  # echo(text, end="\n")
 
@@ -152,13 +153,6 @@ def _cache_entries(bench_dir: Path, exp: Experiment, env: dict[str, Any]) -> Non
                 if seed not in entries[name]["seeds"]:
                     entries[name]["seeds"].append(seed)
         info["cache_entries"] = entries
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # --- planning ---------------------------------------------------------------------------------------------

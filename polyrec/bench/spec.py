@@ -43,7 +43,7 @@ from typing import Any, get_args
 
 import yaml
 
-from polyrec.config import DataConfig, RunConfig, TrainConfig, load_config
+from polyrec.config import DataConfig, RunConfig, TrainConfig, load_config, set_dotted
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.utils.io import read_yaml
 
@@ -183,18 +183,6 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
-
-
-def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[p] = nxt
-        node = nxt
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def model_fields(model: str) -> dict[str, Any]:

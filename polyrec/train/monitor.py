@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from polyrec.errors import PolyrecError, close_matches
+from polyrec.metrics.direction import lower_is_better
 
-MIN_METRICS = ("loss", "logloss", "mse", "mae", "rmse")
 
 
 class Monitor:
@@ -29,7 +29,7 @@ class Monitor:
                 raise PolyrecError(f"train.monitor={expression!r} has an empty term")
             self.terms.append((w, key.strip()))
         if mode is None:
-            modes = {"min" if k.split("/")[-1] in MIN_METRICS else "max" for _, k in self.terms}
+            modes = {"min" if lower_is_better(k) else "max" for _, k in self.terms}
             if len(modes) > 1:
                 raise PolyrecError(f"train.monitor={expression!r} mixes metrics to minimise and to maximise; "
                                    "set train.monitor_mode to min or max.")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from polyrec.config import RunConfig, load_config
+from polyrec.config import RunConfig, load_config, set_dotted
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,5 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """`cfg` with the overrides set (validated like a config file; PolyrecError when invalid)."""
     raw = cfg.model_dump(mode="json")
     for key, value in overrides.items():
-        section, name = key.split(".", 1)
-        raw[section][name] = value
+        set_dotted(raw, key, value)
     return load_config(None, None, base=raw)

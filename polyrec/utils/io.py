@@ -73,6 +73,14 @@ def read_json(path: Path) -> Any:
                            "Retrain the run, or restore the file from a copy.") from None
 
 
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file, or None when it is missing or unreadable (readers of bench folders, which may be partial)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def read_yaml(path: Path, what: str) -> Any:
     """A YAML file a user wrote (config, schema, experiment): 'not found' and syntax errors as one line that
     names the file, line and column."""
