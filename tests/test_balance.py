@@ -319,16 +319,19 @@ def test_metabalance_modes_leave_the_other_aux_gradients_unchanged(mode):
     assert torch.allclose(bal.weights, torch.stack([s1, torch.tensor(1.0), s3]), rtol=1e-5)
 
 
-def test_metabalance_adds_the_regulariser_to_the_target_and_checks_its_name():
+def test_metabalance_keeps_the_regulariser_out_of_the_target_norm_and_checks_its_name():
+    """The extra losses are their own, unscaled term: m_tar follows the target task's gradient alone."""
     r = 0.7
     bal = build_balancer("metabalance", names(2), {"target": "t2"})
     theta0 = torch.tensor([1.0, 1.0])
     g1, g2 = grads_of(theta0, [A, B])
     extra_grad = 2 * theta0  # d/dtheta ||theta||^2
     grad, out = step(bal, theta0, [A, B], extra_fn=lambda t: (t * t).sum())
-    g_tar = g2 + extra_grad
-    scale = r * g_tar.norm() / g1.norm() + (1 - r)
-    assert torch.allclose(grad, g_tar + scale * g1, rtol=1e-5)
+    scale = r * g2.norm() / g1.norm() + (1 - r)
+    assert torch.allclose(grad, g2 + scale * g1 + extra_grad, rtol=1e-5)
+    big, _ = step(build_balancer("metabalance", names(2), {"target": "t2"}), theta0, [A, B],
+                  extra_fn=lambda t: 1000 * (t * t).sum())  # a huge regulariser leaves the aux scale alone
+    assert torch.allclose(big, g2 + scale * g1 + 1000 * extra_grad, rtol=1e-5)
     assert out.item() == pytest.approx(1.0 + 4.0 + 2.0)  # L1 + L2 + ||theta||^2
     with pytest.raises(PolyrecError, match="'t2'"):
         build_balancer("metabalance", names(2), {"target": "t_2"})

@@ -15,7 +15,10 @@ sum_t L_t (+ extra). Defaults: beta 0.9, r 0.7, mode "all", target = the first t
 
 Choices where the paper is silent or its code differs from its text:
 * `target` may name several tasks; their losses are summed into one target loss. The model's
-  regulariser `extra` is added to the target loss (it is no auxiliary task).
+  extra losses (`extra`: orthogonality, auxiliary heads, TransD, ...) are their own term: their
+  gradient is added unscaled and is no part of G_tar, so m_tar measures the target task alone.
+  (Until 2026-12 `extra` was added to the target loss; on WAA-TA the TransD and regulariser terms
+  then dominated ||G_tar|| and click's gradient was scaled x192 instead of x8 on the first step.)
 * `norm`: "global" (default, the spec's formula) takes ||.|| over all shared parameters at once;
   "parameter" keeps one moving average per shared parameter tensor and rescales each separately,
   as the authors' released optimiser does.
@@ -69,16 +72,16 @@ class MetaBalanceBalancer(Balancer):
     def backward(self, losses, extra, shared) -> torch.Tensor:
         p = self.params
         target_loss = losses[self.target_idx].sum()
-        if extra is not None:
-            target_loss = target_loss + extra
-        rows = torch.cat([target_loss.reshape(1), losses[self.aux_idx]])
+        with_extra = extra is not None and extra.requires_grad
+        rows = torch.cat([target_loss.reshape(1), losses[self.aux_idx], *([extra.reshape(1)] if with_extra else [])])
         grads = task_gradients(rows, shared, rest_weights=torch.ones(len(rows)))  # the rest: grad of the sum
-        g = grads.flat  # [1 + A, P]
+        n_tasks = 1 + len(self.aux_idx)
+        g = grads.flat  # [1 + A (+ 1 for extra), P]
         if p.norm == "global":
             segments, norms = [slice(0, g.shape[1])], grads.norms().unsqueeze(1)
         else:
             segments, norms = grads.segments(), grads.segment_norms()
-        norms = norms.detach()
+        norms = norms[:n_tasks].detach()
         if self.averages is None or self.averages.shape != norms.shape:
             self.averages = torch.zeros_like(norms)
         self.averages = torch.where(norms > 0, p.beta * self.averages + (1 - p.beta) * norms, self.averages)
@@ -90,15 +93,15 @@ class MetaBalanceBalancer(Balancer):
         elif p.mode == "smaller":
             adapt &= m_aux < m_tar
         scale = torch.where(adapt, scale, torch.ones_like(scale))
-        adapted = g[1:].clone()
+        adapted = g[1:n_tasks].clone()
         for k, seg in enumerate(segments):
             adapted[:, seg] *= scale[:, k:k + 1]
-        grads.write(g[0] + adapted.sum(0))
+        grads.write(g[0] + adapted.sum(0) + (g[n_tasks] if with_extra else 0))
 
         total = losses.sum() + extra if extra is not None else losses.sum()
         weights = torch.ones(len(self.task_names))
         weights[self.aux_idx] = ratio(torch.linalg.vector_norm(adapted, dim=1),
-                                      torch.linalg.vector_norm(g[1:], dim=1)).float().cpu()
+                                      torch.linalg.vector_norm(g[1:n_tasks], dim=1)).float().cpu()
         self.weights = weights
         self.last_scale = scale  # [A, S], for inspection and tests
         return total.detach()

@@ -16,7 +16,8 @@ Choices where the spec and papers are silent:
   with a uniformly drawn entity (KGAT re-draws corruptions that happen to be true triples; at
   E << N^2 such a draw is rare and only adds noise, so we do not check).
 - Layer sizes default to KGAT's first two ([64, 32]): 2 propagation layers, output
-  64 + 64 + 32 = 160 dims per entity with embed_dim 64 and `combine="concat"`.
+  d + 64 + 32 dims per entity with `combine="concat"`, d = model.embed_dim (the config's default 16, with
+  which the committed top-K benches ran; KGAT's paper uses 64: `--set model.embed_dim=64`).
 - Message dropout 0.1 (KGAT's default), applied after each bi-interaction layer.
 """
 

@@ -25,7 +25,9 @@ Choices where the spec is silent:
   spec's section 2 defines. `product_feature=False` gives the spec's literal X = [v_u* ; v_i*].
 - Extractors are MLPs [64, 32] (the article's "32 units per expert"; section 3's shared bottom has
   "several layers"), ending activated; M = 2 pairs (FDN's default here); towers [32]; gates one linear
-  layer per task; heads_{k,m} one Linear(32, 1). embed_dim 64 and 2 propagation layers by default.
+  layer per task; heads_{k,m} one Linear(32, 1). 2 propagation layers by default; the embedding size is
+  model.embed_dim (the config's default 16, with which the committed benches ran; the article's 64 is
+  `--set model.embed_dim=64`).
 - L_o is polyrec.models.fdn.orthogonality (batch-centred, row-normalised ||S^T P||_F^2 / B^2, the Domain
   Separation Networks form; see fdn.py for why not the raw product). Both L_o and L_aux are computed on
   the last training-mode `score` call's pairs (observed pairs and sampled negatives alike).
