@@ -125,6 +125,8 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
     if not resume:
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
         data.encoders.save(run_dir / "encoders.json")
+        # the resolved schema, readable beside config.yaml (whose paths are absolute): the run works from anywhere
+        atomic_write_text(run_dir / "schema.yaml", data.encoders.schema_yaml())
         atomic_write_text(run_dir / "spec.json", json.dumps({
             "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
             "spec": spec.to_dict(), "heads": [h.__dict__ for h in model.heads],
