@@ -14,8 +14,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from polyrec.config import DataConfig
-from polyrec.data.encoders import Encoders
-from polyrec.recipes.prepare import build_tables, raw_splits, split_stats
+from polyrec.recipes.prepare import build_tables, fit_encode, raw_splits, split_stats
 
 
 def check_data(cfg: DataConfig, seed: int = 42, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -23,8 +22,7 @@ def check_data(cfg: DataConfig, seed: int = 42, log: Callable[[str], None] = pri
     recipe, schema, files, _ = build_tables(cfg, seed, download=False, log=log)
     split_seed = cfg.split_seed if cfg.split_seed is not None else seed
     tables, notes, used = raw_splits(recipe, schema, files, cfg, split_seed)
-    encoders = Encoders.fit(schema, tables["train"])
-    encoded = {k: encoders.encode(t, what=f"The {k} split") for k, t in tables.items()}
+    encoders, encoded = fit_encode(recipe, schema, tables)
     train = tables["train"]
     columns = []
     roles = {f.source: f.type for f in schema.features}

@@ -209,6 +209,30 @@ def raw_splits(recipe: Recipe, schema: Schema, files: dict[str, Path], cfg: Data
     return tables, list(raw.notes or []), used
 
 
+def _where(recipe: Recipe, split: str) -> str:
+    files = getattr(recipe, "files", None)
+    if files is not None:
+        path = files.main if split == "train" or files.val is None else getattr(files, split)
+        return f"The {split} split of {path}"
+    return f"The {split} split of {recipe.name}"
+
+
+def fit_encode(recipe: Recipe, schema: Schema, tables: dict[str, pa.Table]
+               ) -> tuple[Encoders, dict[str, EncodedSplit]]:
+    """Encoders fitted on train only, then every split encoded; errors name the split and its file."""
+    split = "train"
+    try:
+        encoders = Encoders.fit(schema, tables["train"])
+        encoded = {}
+        for split, t in tables.items():
+            encoded[split] = encoders.encode(t, what=_where(recipe, split))
+    except PolyrecError as exc:
+        where = _where(recipe, split)
+        msg = str(exc)
+        raise PolyrecError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    return encoders, encoded
+
+
 def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callable[[str], None] = print) -> PreparedData:
     """Encoded splits for `cfg`, from the cache when an identical entry exists."""
     recipe, schema, files, method = build_tables(cfg, seed, download, log)
@@ -225,8 +249,7 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
     if not is_complete(entry):
         log(f"{recipe.name}: encoding into {entry}")
         tables, notes, used = raw_splits(recipe, schema, files, cfg, split_seed)
-        encoders = Encoders.fit(schema, tables["train"])
-        encoded = {name: encoders.encode(t, what=f"The {name} split of {recipe.name}") for name, t in tables.items()}
+        encoders, encoded = fit_encode(recipe, schema, tables)
         stats = {name: split_stats(encoders, tables[name], e) for name, e in encoded.items()}
         for name, st in stats.items():  # logged by describe(), kept in meta.json
             if st.get("unknown_scenario"):
