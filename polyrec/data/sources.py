@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from polyrec.errors import PolyrecError, close_matches
 
@@ -37,6 +37,7 @@ class ReadOptions(BaseModel):
     header: bool = True  # False: give `columns`
     columns: list[str] | None = None  # column names (required without a header; renames with one)
     encoding: str = "utf-8"
+    quote: str | None = '"'  # null: quotes are ordinary characters (MovieLens titles)
 
 
 class JoinSpec(ReadOptions):
@@ -44,6 +45,14 @@ class JoinSpec(ReadOptions):
 
     path: str
     on: str | list[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean True
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
 
 
 def expand(path: str | Path) -> list[Path]:
@@ -129,7 +138,7 @@ def _read_delimited(path: Path, opts: ReadOptions, fmt: str, id_columns: set[str
     import io
 
     read = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
-    parse = pacsv.ParseOptions(delimiter=delim)
+    parse = pacsv.ParseOptions(delimiter=delim, quote_char=opts.quote or False)
     types = {c: pa.string() for c in id_columns}
     if opts.header and opts.columns:  # renamed afterwards: id types apply to the renamed names
         first = raw.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").split(delim)
