@@ -4,7 +4,10 @@ Shaped like Taobao's UserBehavior log: one row per event, behaviours pv / cart /
 carry signal: a user favours a few categories, items differ in appeal, evenings convert better, and
 cart / fav / buy all follow from the same (user, item) affinity, so AUC > 0.5 means something.
 
-    python examples/make_event_log.py events.csv [--users 400] [--items 600] [--seed 0]
+    python examples/make_event_log.py events.csv [--users 400] [--items 600] [--seed 0] [--candidates pairs.csv]
+
+`--candidates` also writes (user, item) pairs to score, in the aggregated form the example schema trains
+on (user_id, item_id, category_id, first_ts, n_pv): the input of `polyrec predict`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,19 @@ def make_event_log(n_users: int = 400, n_items: int = 600, n_categories: int = 1
     })
 
 
+def make_candidates(n_users: int = 400, n_items: int = 600, n_categories: int = 12, n: int = 1000,
+                    seed: int = 0) -> pa.Table:
+    """Pairs to score one day after the log ends (same item categories as the log with the same seed)."""
+    item_cat = np.random.default_rng(seed).integers(0, n_categories, n_items)
+    rng = np.random.default_rng(seed + 1)
+    user, item = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    return pa.table({
+        "user_id": pa.array([f"u{x:05d}" for x in user]), "item_id": pa.array([f"{x:06d}" for x in item]),
+        "category_id": pa.array((item_cat[item] + 100).astype(np.int64)),
+        "first_ts": pa.array(T0 + 31 * 86400 + rng.integers(0, 86400, n)), "n_pv": pa.array(rng.integers(1, 4, n)),
+    })
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
@@ -59,11 +75,16 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=600)
     ap.add_argument("--views", type=int, default=40, help="page views per user")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--candidates", type=Path, help="also write pairs to score here (CSV)")
     args = ap.parse_args()
     table = make_event_log(args.users, args.items, views_per_user=args.views, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pacsv.write_csv(table, args.out, pacsv.WriteOptions(quoting_style="none"))
     print(f"wrote {table.num_rows} events to {args.out}")
+    if args.candidates:
+        pairs = make_candidates(args.users, args.items, seed=args.seed)
+        pacsv.write_csv(pairs, args.candidates, pacsv.WriteOptions(quoting_style="none"))
+        print(f"wrote {pairs.num_rows} candidate pairs to {args.candidates}")
 
 
 if __name__ == "__main__":

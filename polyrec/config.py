@@ -18,14 +18,14 @@ class _Strict(BaseModel):
 
 
 def _absolute(path: str | None) -> str | None:
-    """Relative paths are resolved against the working directory once, so a run works from anywhere."""
+    """$VARS expanded, relative paths resolved against the working directory once: a run works from anywhere."""
     from pathlib import Path as _P
 
     if path is None or "://" in path:
         return path
     import os
 
-    return os.path.abspath(_P(path).expanduser())
+    return os.path.abspath(_P(os.path.expandvars(path)).expanduser())
 
 
 class FilesConfig(ReadOptions):

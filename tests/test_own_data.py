@@ -326,3 +326,23 @@ def test_train_then_predict_any_format_same_scores(own, tmp_path, monkeypatch):
     np.testing.assert_array_equal(scores["data.csv"], scores["in.jsonl"])
     ev = runner.invoke(app, ["evaluate", str(run), "--json"])  # from another directory
     assert ev.exit_code == 0, (ev.output, ev.exception)
+
+
+def test_unknown_scenarios_go_to_the_fallback_and_are_counted(own):
+    from polyrec.config import load_config
+    from polyrec.recipes.prepare import prepare
+
+    lines = rows_csv(300).splitlines(keepends=True)
+    tr = own.write("tr.csv", "".join(lines[:201]))
+    va = own.write("va.csv", lines[0] + "".join(lines[201:251]).replace(",app,", ",tv,"))
+    te = own.write("te.csv", lines[0] + "".join(lines[251:]))
+    cfg = load_config(overrides=[f"data.files={{train: {tr}, val: {va}, test: {te}}}", f"data.schema_file={own.schema}"])
+    logged: list[str] = []
+    data = prepare(cfg.data, log=logged.append)
+    n_tv = sum(",tv," in line for line in Path(va).read_text().splitlines())
+    assert n_tv == 25
+    assert data.meta["stats"]["val"]["unknown_scenario"] == n_tv and data.meta["stats"]["test"]["unknown_scenario"] == 0
+    assert int((data.splits["val"].scenario == 0).sum()) == n_tv  # id 0 = the fallback scenario '<unknown>'
+    assert data.encoders.scenario_names[0] == "<unknown>"
+    assert any("val: 25 rows of a scenario unseen in train" in n for n in data.meta["notes"])
+    assert set(data.meta["stats"]["train"]["oov"]) == {"user_id", "item_id"}
