@@ -346,3 +346,55 @@ def test_unknown_scenarios_go_to_the_fallback_and_are_counted(own):
     assert data.encoders.scenario_names[0] == "<unknown>"
     assert any("val: 25 rows of a scenario unseen in train" in n for n in data.meta["notes"])
     assert set(data.meta["stats"]["train"]["oov"]) == {"user_id", "item_id"}
+
+
+def test_joins_on_double_colon_files_without_header(own):
+    from polyrec.config import load_config
+    from polyrec.recipes.prepare import prepare
+
+    own.write("ratings.dat", "".join(f"{u}::{i:02d}::{(u * i) % 5 + 1}::{1000 + k}\n"
+                                     for k, (u, i) in enumerate((u, i) for u in range(1, 21) for i in range(8))))
+    own.write("users.dat", "".join(f"{u}::{'MF'[u % 2]}::{[1, 25, 45][u % 3]}\n" for u in range(1, 21)))
+    own.write("movies.dat", "".join(f"{i:02d}::T\xe9l\xe9 \"{i}\" (199{i})::Drama|Comedy\n" for i in range(8))
+              .encode("latin-1"))
+    schema = {"derive": {"like": "rating > 3", "age_bucket": {"column": "age", "buckets": [25, 35]}},
+              "features": [{"name": "user_id", "type": "categorical"}, {"name": "item_id", "type": "categorical"},
+                           {"name": "gender", "type": "categorical"},
+                           {"name": "genres", "type": "sequence", "sep": "|", "max_len": 3}],
+              "scenario": {"name": "age_bucket"}, "tasks": [{"name": "like"}], "user": "user_id", "time": "ts"}
+    (own.dir / "ml.yaml").write_text(yaml.safe_dump(schema))
+    side = "delimiter: '::', header: false"
+    config = own.write("c.yaml", f"""data:
+  schema_file: {own.dir / 'ml.yaml'}
+  split: leave_last_out
+  files:
+    train: {own.dir / 'ratings.dat'}
+    {side.replace(', ', chr(10) + '    ')}
+    columns: [user_id, item_id, rating, ts]
+    joins:
+      - {{path: {own.dir / 'users.dat'}, on: user_id, {side}, columns: [user_id, gender, age]}}
+      - {{path: {own.dir / 'movies.dat'}, on: item_id, {side}, quote: null, encoding: latin-1,
+         columns: [item_id, title, genres]}}
+""")
+    data = prepare(load_config(config).data, log=lambda _: None)
+    assert data.meta["rows"] == {"train": 120, "val": 20, "test": 20}  # per user: last test, second-to-last val
+    raw = pq.read_table(data.raw_split_path("train"))
+    assert raw["item_id"].to_pylist()[:2] == ["00", "01"] and raw["title"][0].as_py() == 'Télé "0" (1990)'
+    assert set(raw["age_bucket"].to_pylist()) == {"<25", "25-35", ">=35"}
+    own.write("users2.dat", "1::M::1\n1::F::18\n")
+    msg = fails("--config", config, "--set", f"data.files.joins=[{{path: {own.dir / 'users2.dat'}, on: user_id, "
+                f"delimiter: '::', header: false, columns: [user_id, gender, age]}}]")
+    assert "duplicate keys" in msg and "users2.dat" in msg
+
+
+def test_data_error_exits_2_with_one_line_through_the_real_entry_point(own):
+    import subprocess
+    import sys
+
+    bad = own.write("semi.csv", rows_csv().replace(",", ";"))
+    proc = subprocess.run([sys.executable, "-c", "from polyrec.cli import main; main()", "train", "--data", bad,
+                           "--schema", own.schema, "--out", str(own.dir / "run")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "wrong delimiter?" in " ".join(proc.stderr.split())
+    assert not (own.dir / "run").exists()  # nothing half-written

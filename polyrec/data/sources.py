@@ -121,36 +121,47 @@ def _cast_ids(table: pa.Table, id_columns: Iterable[str]) -> pa.Table:
 
 
 def _read_delimited(path: Path, opts: ReadOptions, fmt: str, id_columns: set[str]) -> pa.Table:
-    raw = _read_bytes(path)
-    if not raw.strip():
-        raise PolyrecError(f"{path} is empty.")
-    if opts.encoding.lower().replace("-", "") not in ("utf8", "ascii"):
-        try:
-            raw = raw.decode(opts.encoding).encode("utf-8")
-        except (UnicodeDecodeError, LookupError) as exc:
-            raise PolyrecError(f"{path} is not valid {opts.encoding}: {exc}") from None
-    delim = opts.delimiter or ("\t" if fmt == "tsv" else ",")
-    if len(delim) > 1:
-        raw, delim = raw.replace(delim.encode(), b"\x1f"), "\x1f"
-    if not opts.header and not opts.columns:
-        raise PolyrecError(f"{path}: header is false, so give the column names (columns: [...]).")
-    names = opts.columns if not opts.header else None
     import io
 
-    read = pacsv.ReadOptions(column_names=names, block_size=1 << 24)
+    delim = opts.delimiter or ("\t" if fmt == "tsv" else ",")
+    utf8 = opts.encoding.lower().replace("-", "") in ("utf8", "ascii")
+    comp = _compression(path)
+    if len(delim) > 1 or not utf8:  # rewritten in memory: re-encoded to UTF-8, long delimiters to one byte
+        raw = _read_bytes(path)
+        if not utf8:
+            try:
+                raw = raw.decode(opts.encoding).encode("utf-8")
+            except (UnicodeDecodeError, LookupError) as exc:
+                raise PolyrecError(f"{path} is not valid {opts.encoding}: {exc}") from None
+        if len(delim) > 1:
+            raw, delim = raw.replace(delim.encode(), b"\x1f"), "\x1f"
+        source: Any = io.BytesIO(raw)
+    else:  # streamed: no second copy of a large file in memory
+        source = pa.input_stream(str(path), compression=comp)
+    if not opts.header and not opts.columns:
+        raise PolyrecError(f"{path}: header is false, so give the column names (columns: [...]).")
+    read = pacsv.ReadOptions(column_names=opts.columns if not opts.header else None, block_size=1 << 24)
     parse = pacsv.ParseOptions(delimiter=delim, quote_char=opts.quote or False)
     types = {c: pa.string() for c in id_columns}
-    if opts.header and opts.columns:  # renamed afterwards: id types apply to the renamed names
-        first = raw.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").split(delim)
+    if opts.header and opts.columns:  # renamed afterwards: id types apply to the header's own names
+        with pa.input_stream(str(path), compression=comp) as fh:
+            first = fh.read(1 << 16).split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").split(delim)
         types = {old: pa.string() for old, new in zip(first, opts.columns) if new in id_columns}
     convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
     try:
-        table = pacsv.read_csv(io.BytesIO(raw), read_options=read, parse_options=parse, convert_options=convert)
-    except pa.ArrowInvalid as exc:
+        table = pacsv.read_csv(source, read_options=read, parse_options=parse, convert_options=convert)
+    except (pa.ArrowInvalid, OSError) as exc:
         msg = str(exc).replace("\n", " ")
-        if "UTF8" in msg or "utf8" in msg.lower():
+        if "utf8" in msg.lower():
             raise PolyrecError(f"{path} is not valid UTF-8 ({msg}); set encoding (e.g. latin-1).") from None
+        if comp is not None and isinstance(exc, OSError) or "compressed" in msg.lower():
+            raise PolyrecError(f"Could not decompress {path} ({comp}): the file is truncated or corrupt ({msg}).") from None
+        if "Empty CSV" in msg:
+            raise PolyrecError(f"{path} is empty.") from None
         raise PolyrecError(f"Could not parse {path}: {msg}") from None
+    binary = [c for c in table.column_names if pa.types.is_binary(table[c].type)]
+    if binary:
+        raise PolyrecError(f"{path} is not valid UTF-8 in column(s) {binary}; set encoding (e.g. latin-1).")
     if opts.header and opts.columns:
         if table.num_columns != len(opts.columns):
             raise PolyrecError(f"{path} has {table.num_columns} columns, but {len(opts.columns)} names were given.")

@@ -58,7 +58,19 @@ def read_input(run: LoadedRun, path: str | Path, delimiter: str | None = None) -
         opts = opts.model_copy(update={"delimiter": delimiter})
     if not path.exists() and not any(ch in str(path) for ch in "*?["):
         raise PolyrecError(f"Input file not found: {path}")
-    return read_source(path, opts, run.encoders.schema.id_columns())
+    ids = run.encoders.schema.id_columns()
+    table = read_source(path, opts, ids)
+    if files is not None and files.joins:  # side tables the input lacks are joined as in training
+        from polyrec.data.sources import apply_joins
+
+        def keys(j): return [j.on] if isinstance(j.on, str) else list(j.on)
+
+        need = [j for j in files.joins
+                if all(k in table.column_names for k in keys(j)) and not
+                set(j.columns or []) - set(keys(j)) <= set(table.column_names)]
+        if need:
+            table = apply_joins(table, need, None, set(ids) | {k for j in need for k in keys(j)})
+    return table
 
 
 def write_output(table: pa.Table, path: Path) -> None:
