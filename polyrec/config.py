@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,13 +20,9 @@ class _Strict(BaseModel):
 
 def _absolute(path: str | None) -> str | None:
     """$VARS expanded, relative paths resolved against the working directory once: a run works from anywhere."""
-    from pathlib import Path as _P
-
     if path is None or "://" in path:
         return path
-    import os
-
-    return os.path.abspath(_P(os.path.expandvars(path)).expanduser())
+    return os.path.abspath(Path(os.path.expandvars(path)).expanduser())
 
 
 class FilesConfig(ReadOptions):
@@ -52,9 +49,6 @@ class FilesConfig(ReadOptions):
     @property
     def main(self) -> str:
         return self.train or self.path
-
-
-SPLITS = ("random", "temporal", "global_temporal", "leave_last_out", "official")
 
 
 class DataConfig(_Strict):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.csv as pacsv
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_readme_event_log_example_end_to_end(tmp_path):
     commands = readme_commands()
     assert any(c.startswith("polyrec train --data events.csv") for c in commands)
