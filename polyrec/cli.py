@@ -339,7 +339,8 @@ def datasets_list() -> None:
 def datasets_prepare(
     name: Annotated[str, typer.Argument(help="Dataset recipe name.")],
     seed: Annotated[int, typer.Option(help="Split seed.")] = 42,
-    split: Annotated[Optional[str], typer.Option(help="random, temporal or official.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="random, temporal, global_temporal, leave_last_out or official.")] = None,
 ) -> None:
     """Download (if needed), split, encode and cache a dataset; print where the splits are."""
     from polyrec.config import DataConfig
@@ -348,7 +349,8 @@ def datasets_prepare(
     try:
         cfg = DataConfig(dataset=name, split=split)
     except Exception as exc:  # pydantic validation of --split
-        raise PolyrecError(f"Invalid --split {split!r}: use random, temporal or official.") from exc
+        raise PolyrecError(f"Invalid --split {split!r}: use random, temporal, global_temporal, leave_last_out "
+                           "or official.") from exc
     data = prepare(cfg, seed=seed, log=console.print)
     console.print(describe(data))
     for s in data.splits:

@@ -398,3 +398,16 @@ def test_data_error_exits_2_with_one_line_through_the_real_entry_point(own):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "wrong delimiter?" in " ".join(proc.stderr.split())
     assert not (own.dir / "run").exists()  # nothing half-written
+
+
+def test_recipe_schema_file_missing_fails_before_reading(tiny_recipe, tmp_path):
+    msg = fails("--set", f"data.dataset={tiny_recipe.name}", "--set", f"data.schema_file={tmp_path / 'nope.yaml'}")
+    assert "Schema file not found" in msg and tiny_recipe.load_calls == 0
+
+
+def test_json_ids_too_large_for_a_double_are_an_error_naming_the_column(tmp_path):
+    from polyrec.data.sources import read_source
+
+    (tmp_path / "big.jsonl").write_text('{"user_id": 123456789012345678901234567890, "x": 1}\n')
+    with pytest.raises(PolyrecError, match="Id column 'user_id' holds numbers .* write these ids as strings"):
+        read_source(tmp_path / "big.jsonl", id_columns=["user_id"])

@@ -115,7 +115,12 @@ def _cast_ids(table: pa.Table, id_columns: Iterable[str]) -> pa.Table:
             if pa.types.is_dictionary(col.type):
                 col = pc.cast(col, col.type.value_type)
             if pa.types.is_floating(col.type):  # JSON/Parquet floats holding integral ids: 12.0 -> "12"
-                col = pc.cast(col, pa.int64()) if pc.all(pc.equal(col, pc.floor(col))).as_py() is not False else col
+                big = pc.max(pc.abs(col)).as_py()
+                if big is not None and big >= 2 ** 53:
+                    raise PolyrecError(f"Id column {name!r} holds numbers up to {big:.3g}, beyond what a float keeps "
+                                       "exactly (JSON numbers are doubles): write these ids as strings.")
+                if pc.all(pc.equal(col, pc.floor(col))).as_py() is not False:
+                    col = pc.cast(col, pa.int64())
             table = table.set_column(table.column_names.index(name), name, pc.cast(col, pa.string()))
     return table
 
