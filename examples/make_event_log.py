@@ -22,6 +22,11 @@ import pyarrow.csv as pacsv
 T0 = 1_700_000_000  # 2023-11-14 22:13 UTC
 
 
+def _ids(prefix: str, values: np.ndarray, width: int) -> pa.Array:
+    """Zero-padded string ids, vectorised."""
+    return pa.array(np.char.add(prefix, np.char.zfill(values.astype(str), width)).astype(object), pa.string())
+
+
 def make_event_log(n_users: int = 400, n_items: int = 600, n_categories: int = 12, views_per_user: int = 40,
                    seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
@@ -47,10 +52,10 @@ def make_event_log(n_users: int = 400, n_items: int = 600, n_categories: int = 1
     u, i, t, b = (np.concatenate(c) for c in zip(*rows))
     order = np.argsort(t, kind="stable")
     return pa.table({
-        "user_id": pa.array([f"u{x:05d}" for x in u[order]]),
-        "item_id": pa.array([f"{x:06d}" for x in i[order]]),  # leading zeros: ids must stay strings
+        "user_id": _ids("u", u[order], 5),
+        "item_id": _ids("", i[order], 6),  # leading zeros: ids must stay strings
         "category_id": pa.array((item_cat[i[order]] + 100).astype(np.int64)),
-        "behavior": pa.array(b[order].tolist()),
+        "behavior": pa.array(b[order]),
         "timestamp": pa.array(t[order].astype(np.int64)),
     })
 
@@ -62,7 +67,7 @@ def make_candidates(n_users: int = 400, n_items: int = 600, n_categories: int = 
     rng = np.random.default_rng(seed + 1)
     user, item = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
     return pa.table({
-        "user_id": pa.array([f"u{x:05d}" for x in user]), "item_id": pa.array([f"{x:06d}" for x in item]),
+        "user_id": _ids("u", user, 5), "item_id": _ids("", item, 6),
         "category_id": pa.array((item_cat[item] + 100).astype(np.int64)),
         "first_ts": pa.array(T0 + 31 * 86400 + rng.integers(0, 86400, n)), "n_pv": pa.array(rng.integers(1, 4, n)),
     })

@@ -146,7 +146,7 @@ def train_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable
     metrics = {split: evaluate_table(model, tables[split], cfg.train.eval_batch_size, spec.scenario_names)
                for split in ("val", "test") if split in tables}
     result = run_summary(data.dataset, cfg, cfg.train.monitor, fit, n_params, t0, data.meta["rows"],
-                         data.meta["notes"], metrics)
+                         data.meta["notes"], metrics, data_stats=data.meta.get("stats"))
     gates = (gate_summary(model, tables["test"], spec.scenario_names, cfg.train.eval_batch_size)
              if "test" in tables else None)
     if gates:
