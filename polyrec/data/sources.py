@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -53,6 +54,10 @@ class JoinSpec(ReadOptions):
         if isinstance(data, dict) and True in data and "on" not in data:
             data = {("on" if k is True else k): v for k, v in data.items()}
         return data
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.on] if isinstance(self.on, str) else list(self.on)
 
 
 def expand(path: str | Path) -> list[Path]:
@@ -229,34 +234,32 @@ def check_columns(table: pa.Table, needed: Iterable[str], where: str) -> None:
     raise PolyrecError(f"{where} lacks column(s) {missing}.{hints} Present: {present[:30]}")
 
 
-def apply_joins(table: pa.Table, joins: list[JoinSpec], base: Path | None, id_columns: Iterable[str]) -> pa.Table:
+def _string_keys(table: pa.Table, keys: list[str]) -> pa.Table:
+    for k in keys:
+        if not pa.types.is_string(table[k].type):
+            table = table.set_column(table.column_names.index(k), k, pc.cast(table[k], pa.string()))
+    return table
+
+
+def apply_joins(table: pa.Table, joins: list[JoinSpec], id_columns: Iterable[str]) -> pa.Table:
     """Left-join side tables (users, items) onto the rows; a key missing on either side is an error."""
     ids = set(id_columns)
     for j in joins:
-        keys = [j.on] if isinstance(j.on, str) else list(j.on)
+        keys = j.keys
         side = read_source(j.path, j, ids | set(keys))
         check_columns(side, keys, f"Join file {j.path}")
         check_columns(table, keys, f"The rows joined with {j.path}")
-        for k in keys:  # join keys compare as strings on both sides
-            for t_name in ("table", "side"):
-                t = table if t_name == "table" else side
-                if not pa.types.is_string(t[k].type):
-                    t = t.set_column(t.column_names.index(k), k, pc.cast(t[k], pa.string()))
-                    table, side = (t, side) if t_name == "table" else (table, t)
+        table, side = _string_keys(table, keys), _string_keys(side, keys)  # keys compare as strings on both sides
+        if len(keys) == 1 and pc.count_distinct(side[keys[0]]).as_py() != side.num_rows:
+            raise PolyrecError(f"Join file {j.path} has duplicate keys in {keys[0]!r}: each key must appear once.")
         dup = [c for c in side.column_names if c in table.column_names and c not in keys]
         if dup:
             side = side.drop_columns(dup)
         n = table.num_rows
-        table = table.append_column("__row", pa.array(range(n), pa.int64()))
+        table = table.append_column("__row", pa.array(np.arange(n, dtype=np.int64)))
         table = table.join(side, keys=keys, join_type="left outer", use_threads=False)
         if table.num_rows != n:
             raise PolyrecError(f"Join file {j.path} has duplicate keys {keys}: the join changed the row count "
                                f"from {n} to {table.num_rows}.")
         table = table.sort_by("__row").drop_columns(["__row"])  # joins do not keep row order
     return table
-
-
-def describe_files(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """Absolute paths and sizes, for run notes and the cache meta."""
-    return [{"path": str(Path(p).resolve()), "size": Path(p).stat().st_size} for p in paths]
-

@@ -66,13 +66,12 @@ class FilesSource(Recipe):
 
     def load(self, files: dict[str, Path], options: dict[str, Any]) -> RawData:
         schema = self.schema()
-        ids = set(schema.id_columns()) | {k for j in self.files.joins
-                                          for k in ([j.on] if isinstance(j.on, str) else j.on)}
+        ids = set(schema.id_columns()) | {k for j in self.files.joins for k in j.keys}
         need = raw_columns(schema)
         tables, notes = {}, []
         for part, path in self._parts().items():
             t = read_source(path, self.files, ids)
-            t = apply_joins(t, self.files.joins, None, ids)
+            t = apply_joins(t, self.files.joins, ids)
             check_columns(t, need, f"The {part} file {path}")
             tables[part] = t
             notes.append(f"{part}: {path} ({t.num_rows} rows)")

@@ -53,7 +53,7 @@ def read_input(run: LoadedRun, path: str | Path, delimiter: str | None = None) -
     if files is not None and fmt in ("csv", "tsv"):
         opts = ReadOptions(format=files.format if files.format in ("csv", "tsv") else "auto",
                            delimiter=files.delimiter, header=files.header, columns=files.columns,
-                           encoding=files.encoding)
+                           encoding=files.encoding, quote=files.quote)
     if delimiter is not None:
         opts = opts.model_copy(update={"delimiter": delimiter})
     if not path.exists() and not any(ch in str(path) for ch in "*?["):
@@ -63,13 +63,11 @@ def read_input(run: LoadedRun, path: str | Path, delimiter: str | None = None) -
     if files is not None and files.joins:  # side tables the input lacks are joined as in training
         from polyrec.data.sources import apply_joins
 
-        def keys(j): return [j.on] if isinstance(j.on, str) else list(j.on)
-
+        present = set(table.column_names)
         need = [j for j in files.joins
-                if all(k in table.column_names for k in keys(j)) and not
-                set(j.columns or []) - set(keys(j)) <= set(table.column_names)]
+                if set(j.keys) <= present and not set(j.columns or []) - set(j.keys) <= present]
         if need:
-            table = apply_joins(table, need, None, set(ids) | {k for j in need for k in keys(j)})
+            table = apply_joins(table, need, set(ids) | {k for j in need for k in j.keys})
     return table
 
 
