@@ -21,6 +21,10 @@ models_app = typer.Typer(no_args_is_help=True, help="Model zoo.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset recipes.")
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
+schema_app = typer.Typer(no_args_is_help=True, help="Schemas for your own data.")
+data_app = typer.Typer(no_args_is_help=True, help="Your own data: checks before training.")
+app.add_typer(schema_app, name="schema")
+app.add_typer(data_app, name="data")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
@@ -93,6 +97,26 @@ def _progress_factory(enabled: bool):
     return factory
 
 
+DATA_HELP = ("Your own data: a CSV/TSV/Parquet/JSON-lines file (gzip/zstd ok), a Parquet shard folder or a glob; "
+             "needs --schema. Same as data.files.")
+
+
+def data_overrides(data: str | None, val: str | None, test: str | None, schema: str | None) -> list[str]:
+    """--data/--val/--test/--schema as `--set` assignments (values JSON-quoted, so any path survives YAML)."""
+    out = []
+    if (val is None) != (test is None):
+        raise PolyrecError("--val and --test go together (an official split); give both or neither.")
+    if val is not None and data is None:
+        raise PolyrecError("--val/--test need --data (the training file).")
+    if data is not None:
+        out.append(f"data.files.{'train' if val is not None else 'path'}={json.dumps(data)}")
+        if val is not None:
+            out += [f"data.files.val={json.dumps(val)}", f"data.files.test={json.dumps(test)}"]
+    if schema is not None:
+        out.append(f"data.schema_file={json.dumps(schema)}")
+    return out
+
+
 @app.command()
 def train(
     dataset: Annotated[Optional[str], typer.Option(help="Dataset recipe (see `polyrec datasets list`).")] = None,
@@ -108,8 +132,14 @@ def train(
     topk: Annotated[bool, typer.Option("--topk", help="Top-K run: rank all items per user, Recall/NDCG@K "
                                        "(same as a `topk:` config section; models mf, kgat, waata, or any "
                                        "multi-task model).")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation file (with --test: an official split).")] = None,
+    test: Annotated[Optional[str], typer.Option("--test", help="Test file (with --val).")] = None,
+    schema: Annotated[Optional[str], typer.Option("--schema", help="Schema YAML (data.schema_file).")] = None,
 ) -> None:
-    """Train a model and print per-(scenario, task) metrics on the test split (top-K metrics with --topk)."""
+    """Train a model and print per-(scenario, task) metrics on the test split (top-K metrics with --topk).
+
+    Your own data: polyrec train --data events.csv --schema schema.yaml [--val v.csv --test t.csv]."""
     from polyrec.config import load_config
     from polyrec.train.run import train_run
 
@@ -121,7 +151,7 @@ def train(
         else:
             raise PolyrecError(f"Cannot resume: {out / 'config.yaml'} does not exist.")
     else:
-        overrides = list(set_ or [])
+        overrides = data_overrides(data, val, test, schema) + list(set_ or [])
         for key, value in (("data.dataset", dataset), ("model.name", model), ("train.epochs", epochs),
                            ("train.seed", seed), ("train.balance", balance)):
             if value is not None:
@@ -132,7 +162,8 @@ def train(
         validate_config(cfg)  # fail fast on unknown names, before any data work
         if out is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = Path("runs") / f"{cfg.data.dataset}-{cfg.model.name}-{stamp}"
+            name = cfg.data.dataset if cfg.data.files is None else Path(cfg.data.files.main).stem.split(".")[0]
+            out = Path("runs") / f"{name}-{cfg.model.name}-{stamp}"
     console.print(f"run folder: {out}")
     result = train_run(cfg, out, resume=resume, log=console.print,
                        progress_factory=_progress_factory(cfg.train.progress and not quiet))
@@ -187,18 +218,85 @@ def recommend(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
-    input: Annotated[Path, typer.Option("--input", help="Rows to score: .parquet, .csv or .tsv.")],
-    output: Annotated[Path, typer.Option("--output", help="Output .parquet: one score column per head.")],
+    input: Annotated[Path, typer.Option("--input", help="Rows to score: .parquet (file or shard folder), .csv, "
+                                        ".tsv or .jsonl (gzip/zstd ok).")],
+    output: Annotated[Path, typer.Option("--output", help="Output .parquet, .csv, .tsv or .jsonl: one score "
+                                         "column per head.")],
+    keep_columns: Annotated[Optional[str], typer.Option(
+        "--keep-columns", help="Input columns copied in front of the scores, e.g. user_id,item_id.")] = None,
+    delimiter: Annotated[Optional[str], typer.Option(help="Delimiter of a text input (default: as in training).")] = None,
 ) -> None:
     """Score new rows with a trained run (encoders and weights from the run folder)."""
     from polyrec.serve.predict import predict_file
     from polyrec.train.rundir import check_output_file
 
-    if output.suffix != ".parquet":
-        raise PolyrecError(f"--output must end in .parquet, got {output}")
+    keep = [c.strip() for c in keep_columns.split(",") if c.strip()] if keep_columns else None
     check_output_file(output, "--output file")  # before any row is scored
-    n = predict_file(run_dir, input, output)
+    n = predict_file(run_dir, input, output, keep_columns=keep, delimiter=delimiter)
     console.print(f"wrote {n} rows to {output}")
+
+
+@schema_app.command("infer")
+def schema_infer(
+    path: Annotated[str, typer.Argument(help="A data file, shard folder or glob.")],
+    delimiter: Annotated[Optional[str], typer.Option(help="Delimiter of a text file (default from the suffix).")] = None,
+    no_header: Annotated[bool, typer.Option("--no-header", help="The file has no header line (needs --columns).")] = False,
+    columns: Annotated[Optional[str], typer.Option(help="Column names, comma-separated.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the draft here instead of printing it.")] = None,
+) -> None:
+    """Print a commented draft schema (roles guessed from types and cardinalities) for you to edit."""
+    from polyrec.data.infer import draft_schema
+    from polyrec.data.sources import ReadOptions, read_source
+
+    opts = ReadOptions(delimiter=delimiter, header=not no_header,
+                       columns=[c.strip() for c in columns.split(",")] if columns else None)
+    text = draft_schema(read_source(path, opts), path)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        from polyrec.utils.io import atomic_write_text
+
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")
+
+
+@data_app.command("check")
+def data_check(
+    data: Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)] = None,
+    val: Annotated[Optional[str], typer.Option("--val", help="Validation file (with --test).")] = None,
+    test: Annotated[Optional[str], typer.Option("--test", help="Test file (with --val).")] = None,
+    schema: Annotated[Optional[str], typer.Option("--schema", help="Schema YAML.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config (its data section is checked).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override, e.g. --set data.split=temporal")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Validate your data through the prepare path (read, derive, split, fit) and print per-column stats."""
+    from polyrec.config import load_config
+    from polyrec.recipes.check import check_data
+
+    cfg = load_config(config, data_overrides(data, val, test, schema) + list(set_ or []))
+    report = check_data(cfg.data, seed=cfg.train.seed, log=err_console.print)
+    if json_out:
+        console.print_json(json.dumps(report))
+        return
+    console.print(f"{report['source']}: {json.dumps(report['rows'])} rows ({report['split']} split)")
+    for n in report["notes"]:
+        console.print(f"  note: {n}")
+    table = Table("column", "role", "type", "nulls", "distinct (train)", "val OOV", "test OOV",
+                  title="columns", title_justify="left")
+    for c in report["columns"]:
+        table.add_row(c["column"], c["role"], c["type"], str(c["nulls"]), str(c["distinct"]),
+                      *(f"{100 * c[k]:.1f}%" if k in c else "" for k in ("val_oov", "test_oov")))
+    console.print(table)
+    tasks = [c["column"] for c in report["columns"] if c["role"].startswith("task")]
+    rates = Table("split", "scenario", "rows", *tasks, title="label rate per scenario", title_justify="left")
+    for split, per in report["label_rates"].items():
+        for sc, r in per.items():
+            rates.add_row(split, sc, str(r["rows"]), *(f"{r[t]:.4f}" for t in r if t != "rows"))
+    console.print(rates)
+    for w in report["warnings"]:
+        err_console.print(f"warning: {w}")
+    console.print("ok: the data encodes; train with the same --data/--schema.")
 
 
 @models_app.command("list")
@@ -227,6 +325,9 @@ def datasets_list() -> None:
 
     table = Table("dataset", "description", "files")
     for name, recipe in sorted(RECIPES.items()):
+        if name == "files":  # your own files: polyrec train --data PATH --schema S.yaml
+            table.add_row(name, recipe.description, "your paths")
+            continue
         try:
             recipe.locate(data_dir())
             status = "present"
@@ -241,7 +342,8 @@ def datasets_list() -> None:
 def datasets_prepare(
     name: Annotated[str, typer.Argument(help="Dataset recipe name.")],
     seed: Annotated[int, typer.Option(help="Split seed.")] = 42,
-    split: Annotated[Optional[str], typer.Option(help="random, temporal or official.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="random, temporal, global_temporal, leave_last_out or official.")] = None,
 ) -> None:
     """Download (if needed), split, encode and cache a dataset; print where the splits are."""
     from polyrec.config import DataConfig
@@ -250,7 +352,8 @@ def datasets_prepare(
     try:
         cfg = DataConfig(dataset=name, split=split)
     except Exception as exc:  # pydantic validation of --split
-        raise PolyrecError(f"Invalid --split {split!r}: use random, temporal or official.") from exc
+        raise PolyrecError(f"Invalid --split {split!r}: use random, temporal, global_temporal, leave_last_out "
+                           "or official.") from exc
     data = prepare(cfg, seed=seed, log=console.print)
     console.print(describe(data))
     for s in data.splits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -11,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from polyrec.data.schema import format_validation_error, model_keys
+from polyrec.data.sources import JoinSpec, ReadOptions
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.utils.io import read_yaml
 
@@ -40,10 +42,46 @@ def check_device(device: str) -> None:
         raise PolyrecError("train.device=mps, but Apple's MPS backend is not available here; use train.device=cpu.")
 
 
+def _absolute(path: str | None) -> str | None:
+    """$VARS expanded, relative paths resolved against the working directory once: a run works from anywhere."""
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(Path(os.path.expandvars(path)).expanduser())
+
+
+class FilesConfig(ReadOptions):
+    """Your own files (the built-in `files` source): one table to split (`train` or `path`, a file, a shard
+    folder or a glob), or official `train` + `val` + `test` files; `joins` add side tables."""
+
+    train: str | None = None
+    path: str | None = None  # same as train, when the file is one log to be split
+    val: str | None = None
+    test: str | None = None
+    joins: list[JoinSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "FilesConfig":
+        if (self.train is None) == (self.path is None):
+            raise ValueError("data.files needs exactly one of train or path")
+        if (self.val is None) != (self.test is None):
+            raise ValueError("data.files: give both val and test files (an official split) or neither")
+        for key in ("train", "path", "val", "test"):
+            object.__setattr__(self, key, _absolute(getattr(self, key)))
+        object.__setattr__(self, "joins", [j.model_copy(update={"path": _absolute(j.path)}) for j in self.joins])
+        return self
+
+    @property
+    def main(self) -> str:
+        return self.train or self.path
+
+
 class DataConfig(_Strict):
     dataset: str = "movielens-100k"
     schema_file: str | None = None  # YAML schema replacing the recipe's default
-    split: Literal["random", "temporal", "official"] | None = None  # None: the recipe's default
+    files: FilesConfig | None = None  # your own files: dataset becomes the built-in `files` source
+    # None: the recipe's default. temporal: per user by time; global_temporal: one time cut for everyone;
+    # leave_last_out: per user, the last interaction tests and the second-to-last validates
+    split: Literal["random", "temporal", "global_temporal", "leave_last_out", "official"] | None = None
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_seed: int | None = None  # None: the run's seed (same seed = same split)
     options: dict[str, Any] = Field(default_factory=dict)  # recipe-specific options
@@ -52,8 +90,19 @@ class DataConfig(_Strict):
     tasks: list[str | dict[str, Any]] | None = None
 
     @model_validator(mode="after")
-    def _ratios(self) -> "DataConfig":
+    def _files_source(self) -> "DataConfig":
         check_ratios(self.ratios, "data.ratios")
+        self.schema_file = _absolute(self.schema_file)
+        if self.files is not None:
+            if "dataset" not in self.model_fields_set:
+                self.dataset = "files"
+            elif self.dataset != "files":
+                raise ValueError(f"data.files reads your own files; it cannot be combined with "
+                                 f"data.dataset={self.dataset!r} (drop one of them)")
+            if self.schema_file is None:
+                raise ValueError("data.files needs data.schema_file (polyrec schema infer FILE drafts one)")
+        elif self.dataset == "files":
+            raise ValueError("data.dataset=files needs data.files (or polyrec train --data PATH --schema S.yaml)")
         return self
 
 
@@ -161,7 +210,7 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-_KNOWN = model_keys(RunConfig, DataConfig, ModelConfig, TrainConfig, TopKConfig)
+_KNOWN = model_keys(RunConfig, DataConfig, ModelConfig, TrainConfig, TopKConfig, FilesConfig, JoinSpec)
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

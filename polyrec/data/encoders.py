@@ -346,6 +346,11 @@ class Encoders:
             scenario=Vocabulary.from_dict(d["scenario"]) if d["scenario"] else None,
         )
 
+    def schema_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.schema.model_dump(mode="json"), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
         from polyrec.utils.io import atomic_write_text
 

@@ -12,6 +12,14 @@ validation at prediction time. It is written in YAML (or built in Python) as::
       - {name: click, type: binary}       # label column = name unless `column:` is given
       - {name: rating, type: regression}
     user: user_id                          # optional; enables gAUC
+    time: ts                               # optional; the time column of temporal splits
+    derive:                                # optional; columns computed from raw ones (polars SQL)
+      click: "rating >= 3"
+      hour: {column: ts, time_part: hour, buckets: [6, 12, 18], labels: [night, morning, noon, evening]}
+    aggregate:                             # optional; event log -> one row per (user, item)
+      by: [user_id, item_id]
+      labels: {column: behavior, values: [cart, fav, buy], how: any}
+      columns: {first_ts: {column: ts, how: min}}
 """
 
 from __future__ import annotations
@@ -103,6 +111,69 @@ class TaskSpec(_Strict):
         return self.column or self.name
 
 
+class DerivedColumn(_Strict):
+    """A column computed from raw ones: `expr` (a SQL expression) or `column`, then optional steps in the
+    order time_part -> transform -> clip -> buckets."""
+
+    expr: str | None = None
+    column: str | None = None
+    time_part: Literal["hour", "weekday", "day", "month", "year", "minute"] | None = None  # of unix seconds, UTC
+    time_unit: Literal["s", "ms", "us", "ns"] = "s"
+    transform: Literal["log1p", "log", "sqrt", "abs"] | None = None
+    clip: tuple[float | None, float | None] | None = None
+    buckets: list[float] | None = None  # sorted edges: value < e0 -> bucket 0, e0 <= value < e1 -> 1, ...
+    labels: list[str] | None = None  # one per bucket (len(buckets) + 1); default '<e0', 'e0-e1', '>=eN'
+    type: Literal["auto", "int", "float", "string"] = "auto"  # auto: booleans become 0/1 int8
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DerivedColumn":
+        if (self.expr is None) == (self.column is None):
+            raise ValueError("a derived column needs exactly one of expr or column")
+        if self.buckets is not None:
+            if list(self.buckets) != sorted(self.buckets) or not self.buckets:
+                raise ValueError("buckets must be a non-empty list of increasing edges")
+            if self.labels is not None and len(self.labels) != len(self.buckets) + 1:
+                raise ValueError(f"labels needs {len(self.buckets) + 1} names for {len(self.buckets)} bucket edges")
+        elif self.labels is not None:
+            raise ValueError("labels without buckets")
+        return self
+
+
+class AggregateColumn(_Strict):
+    """One output of a group: `how` over `column` (or over `expr`, or over `column == equals`)."""
+
+    how: Literal["any", "max", "min", "sum", "count", "mean", "first", "last", "n_unique"]
+    column: str | None = None
+    expr: str | None = None
+    equals: str | int | float | list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> "AggregateColumn":
+        if self.column is not None and self.expr is not None:
+            raise ValueError("give column or expr, not both")
+        if self.column is None and self.expr is None and self.how != "count":
+            raise ValueError(f"how={self.how} needs a column or an expr")
+        return self
+
+
+class FlagLabels(_Strict):
+    """One label per listed value of a behaviour column: e.g. cart/fav/buy = any event of that type."""
+
+    column: str
+    values: list[str | int]
+    how: Literal["any", "count"] = "any"
+    prefix: str = ""  # output names: prefix + value
+
+
+class AggregateSpec(_Strict):
+    """Event log -> one row per group (e.g. per (user, item)), before derived columns and splits."""
+
+    by: list[str] = Field(min_length=1)
+    order_by: str | None = None  # row order for first/last (e.g. the timestamp); file order otherwise
+    labels: FlagLabels | None = None
+    columns: dict[str, AggregateColumn] = Field(default_factory=dict)
+
+
 class Schema(_Strict):
     """Roles of a table's columns. Order of `features` and `tasks` is the model's input/output order."""
 
@@ -110,6 +181,9 @@ class Schema(_Strict):
     tasks: list[TaskSpec] = Field(min_length=1)
     scenario: ScenarioSpec | None = None
     user: str | None = None
+    time: str | None = None  # the time column of temporal / leave-last-out splits
+    derive: dict[str, str | DerivedColumn] = Field(default_factory=dict)  # computed in order, before splits
+    aggregate: AggregateSpec | None = None  # applied to the raw rows before `derive`
 
     @model_validator(mode="after")
     def _check(self) -> "Schema":
@@ -155,6 +229,17 @@ class Schema(_Strict):
 
     def label_columns(self) -> list[str]:
         return [t.source for t in self.tasks]
+
+    def id_columns(self) -> list[str]:
+        """Columns read as strings, never type-guessed: categorical, sequence, scenario, user, group keys."""
+        cols = [f.source for f in self.categorical] + [f.source for f in self.sequences]
+        if self.scenario is not None:
+            cols.append(self.scenario.source)
+        if self.user is not None:
+            cols.append(self.user)
+        if self.aggregate is not None:
+            cols += self.aggregate.by
+        return list(dict.fromkeys(cols))
 
     def with_tasks(self, tasks: list[str | dict[str, Any]]) -> "Schema":
         """The same schema with another task list (names of existing tasks, or new task specs)."""
@@ -209,5 +294,6 @@ def model_keys(*models: type[BaseModel]) -> set[str]:
 
 
 _SCHEMA_KEYS = model_keys(
-    Schema, CategoricalFeature, NumericFeature, SequenceFeature, ScenarioSpec, TaskSpec
+    Schema, CategoricalFeature, NumericFeature, SequenceFeature, ScenarioSpec, TaskSpec, DerivedColumn,
+    AggregateColumn, FlagLabels, AggregateSpec,
 )

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 
 from polyrec.config import DataConfig
 from polyrec.data.cache import cache_key, file_fingerprint, is_complete, read_cache, write_cache
-from polyrec.data.encoders import EncodedSplit, Encoders
+from polyrec.data.derive import transform_raw
+from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, as_strings
 from polyrec.data.schema import Schema
-from polyrec.data.split import random_split, temporal_split
+from polyrec.data.split import global_temporal_split, leave_last_out_split, random_split, temporal_split
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.models.spec import ModelSpec, TaskInfo
 from polyrec.recipes.base import RECIPES, Recipe
@@ -54,58 +55,217 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def load_schema(cfg: DataConfig) -> Schema:
+    """The run's schema, read before any data is located, downloaded or read (a bad path fails first)."""
+    if cfg.schema_file:
+        schema = Schema.from_yaml(cfg.schema_file)
+    else:
+        schema = get_recipe(cfg.dataset).schema()
+    return schema.with_tasks(cfg.tasks) if cfg.tasks else schema
+
+
+def source_for(cfg: DataConfig, schema: Schema) -> Recipe:
+    """The recipe of `cfg.dataset`, or the built-in files source configured with `cfg.files`."""
+    recipe = get_recipe(cfg.dataset)
+    if cfg.files is not None:
+        return recipe.configured(cfg.files, schema)  # type: ignore[attr-defined]
+    return recipe
+
+
 def locate_or_download(recipe: Recipe, download: bool, log: Callable[[str], None]) -> dict[str, Path]:
     root = data_dir()
     try:
         return recipe.locate(root)
     except PolyrecError:
-        if not download:
+        if not download or recipe.name == "files":
             raise
     log(f"{recipe.name}: original files not found under {root}; downloading")
     recipe.download(root, log)
     return recipe.locate(root)
 
 
-def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int) -> dict[str, pa.Table]:
+
+
+def split_method(cfg: DataConfig, recipe: Recipe) -> str:
+    if cfg.split:
+        return cfg.split
+    if cfg.files is not None and cfg.files.val is not None:
+        return "official"
+    return recipe.default_split
+
+
+def check_split(cfg: DataConfig, recipe: Recipe, schema: Schema) -> None:
+    """Split settings the source cannot honour are errors naming the setting, found before reading data."""
+    method = split_method(cfg, recipe)  # (ratios containing 0 are refused by DataConfig itself)
+    if method in ("temporal", "global_temporal", "leave_last_out"):
+        if (schema.time or recipe.time_column) is None:
+            raise PolyrecError(f"data.split={method} needs a time column, and {recipe.name!r} has none: "
+                               "set `time:` in the schema, or use data.split=random.")
+        if method != "global_temporal" and (schema.user or recipe.user_column) is None:
+            raise PolyrecError(f"data.split={method} needs a user column: set `user:` in the schema.")
+    if cfg.files is not None:
+        if cfg.files.val is not None and method != "official":
+            raise PolyrecError(f"data.split={method} contradicts the given val/test files (an official split): "
+                               "drop data.split, or give one file to split.")
+        if cfg.files.val is None and method == "official":
+            raise PolyrecError("data.split=official needs data.files.val and data.files.test (--val/--test).")
+
+
+def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
+                schema: Schema | None = None) -> dict[str, pa.Table]:
     method = cfg.split or recipe.default_split
-    if method == "temporal":
-        if recipe.time_column is None:
-            raise PolyrecError(f"Dataset {recipe.name!r} has no timestamp; use data.split=random.")
-        users = pc.dictionary_encode(raw_table[recipe.user_column]).combine_chunks().indices.to_numpy()
-        times = raw_table[recipe.time_column].to_numpy()
-        idx = temporal_split(users, times, cfg.ratios)
+    time_col = recipe.time_column or (schema.time if schema else None)
+    user_col = recipe.user_column or (schema.user if schema else None)
+    if method in ("temporal", "global_temporal", "leave_last_out"):
+        if time_col is None:
+            raise PolyrecError(f"Dataset {recipe.name!r} has no timestamp; data.split={method} cannot be "
+                               "honoured (use data.split=random).")
+        times = _times(raw_table, time_col)
+        if method == "global_temporal":
+            idx = global_temporal_split(times, cfg.ratios)
+        else:
+            users = pc.dictionary_encode(as_strings(raw_table[user_col])).combine_chunks().indices.to_numpy()
+            idx = (temporal_split(users, times, cfg.ratios) if method == "temporal"
+                   else leave_last_out_split(users, times))
     else:
         idx = random_split(raw_table.num_rows, cfg.ratios, seed)
     return {k: raw_table.take(v) for k, v in idx.items()}
 
 
+def _times(table: pa.Table, column: str) -> np.ndarray:
+    col = table[column]
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        col = pc.cast(col, pa.int64())
+    try:
+        times = np.asarray(pc.cast(col, pa.float64()).to_numpy(), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise PolyrecError(f"Time column {column!r} is not numeric (type {col.type}): give unix times.") from None
+    if np.isnan(times).any():
+        raise PolyrecError(f"Time column {column!r} has {int(np.isnan(times).sum())} missing values.")
+    return times
+
+
+def split_stats(encoders: Encoders, table: pa.Table, encoded: EncodedSplit) -> dict[str, Any]:
+    """What encoding did to a split: OOV ids per field, rows of an unseen scenario, NaN filled per numeric."""
+    s = encoders.schema
+    n = len(encoded)
+    oov = {f.name: int((encoded.categorical[:, i] == encoders.vocabularies[f.name].oov_id).sum())
+           for i, f in enumerate(s.categorical)}
+    nan = {}
+    for f in s.numeric:
+        col = table[f.source]
+        bad = col.null_count
+        if pa.types.is_floating(col.type):
+            bad += int(pc.sum(pc.is_nan(col)).as_py() or 0)
+        nan[f.name] = int(bad)
+    out: dict[str, Any] = {"rows": n, "oov": oov, "nan_filled": nan}
+    if s.scenario is not None:
+        out["unknown_scenario"] = int((encoded.scenario == 0).sum())
+    return out
+
+
+def _stats_line(name: str, st: dict[str, Any]) -> str:
+    n = max(st["rows"], 1)
+    parts = [f"{name}: {st['rows']} rows"]
+    if "unknown_scenario" in st:
+        parts.append(f"unknown scenario {st['unknown_scenario']}")
+    parts += [f"NaN filled {k} {v}" for k, v in st["nan_filled"].items() if v]
+    parts += [f"OOV {k} {v} ({100 * v / n:.1f}%)" for k, v in st["oov"].items() if v]
+    return "; ".join(parts)
+
+
+def build_tables(cfg: DataConfig, seed: int, download: bool = True, log: Callable[[str], None] = print
+                 ) -> tuple[Recipe, Schema, dict[str, Path], str]:
+    """Schema, source and split checks, then the located files; nothing is read yet."""
+    schema = load_schema(cfg)
+    recipe = source_for(cfg, schema)
+    check_split(cfg, recipe, schema)
+    files = locate_or_download(recipe, download, log)
+    return recipe, schema, files, split_method(cfg, recipe)
+
+
+def raw_splits(recipe: Recipe, schema: Schema, files: dict[str, Path], cfg: DataConfig, split_seed: int
+               ) -> tuple[dict[str, pa.Table], list[str], str]:
+    """Read -> aggregate/derive (the schema's declarative step) -> split: the raw tables of every split."""
+    raw = recipe.load(files, {**cfg.options, "_split": cfg.split, "_split_seed": split_seed})
+    if raw.splits is not None and cfg.split not in (None, "official"):
+        raise PolyrecError(f"data.split={cfg.split} cannot be honoured: {recipe.name!r} comes with official "
+                           "splits here; drop data.split (or set it to official).")
+    if raw.splits is None and cfg.split == "official":
+        raise PolyrecError(f"data.split=official cannot be honoured: {recipe.name!r} has no official split "
+                           "with these files; use random, temporal, global_temporal or leave_last_out.")
+    where = f"The data of {recipe.name}"
+    if raw.splits is not None:
+        tables = {k: transform_raw(t, schema, f"The {k} split of {recipe.name}") for k, t in raw.splits.items()}
+        used = "official"
+    else:
+        table = transform_raw(raw.table, schema, where)
+        tables = split_table(recipe, table, cfg, split_seed, schema)
+        used = "random" if split_method(cfg, recipe) == "official" else split_method(cfg, recipe)
+    return tables, list(raw.notes or []), used
+
+
+def _where(recipe: Recipe, split: str) -> str:
+    files = getattr(recipe, "files", None)
+    if files is not None:
+        path = files.main if split == "train" or files.val is None else getattr(files, split)
+        return f"The {split} split of {path}"
+    return f"The {split} split of {recipe.name}"
+
+
+def fit_encode(recipe: Recipe, schema: Schema, tables: dict[str, pa.Table]
+               ) -> tuple[Encoders, dict[str, EncodedSplit]]:
+    """Encoders fitted on train only, then every split encoded; errors name the split and its file."""
+    split = "train"
+    try:
+        encoders = Encoders.fit(schema, tables["train"])
+        encoded = {}
+        for split, t in tables.items():
+            encoded[split] = encoders.encode(t, what=_where(recipe, split))
+    except PolyrecError as exc:
+        where = _where(recipe, split)
+        msg = str(exc)
+        raise PolyrecError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+    return encoders, encoded
+
+
 def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callable[[str], None] = print) -> PreparedData:
     """Encoded splits for `cfg`, from the cache when an identical entry exists."""
-    recipe = get_recipe(cfg.dataset)
-    files = locate_or_download(recipe, download, log)
-    schema = Schema.from_yaml(cfg.schema_file) if cfg.schema_file else recipe.schema()
-    if cfg.tasks:
-        schema = schema.with_tasks(cfg.tasks)
+    recipe, schema, files, method = build_tables(cfg, seed, download, log)
     split_seed = cfg.split_seed if cfg.split_seed is not None else seed
-    method = cfg.split or recipe.default_split
-    key = cache_key({
+    parts = {
         "recipe": recipe.name, "schema": schema.model_dump(mode="json"), "options": cfg.options,
         "split": method, "ratios": cfg.ratios, "split_seed": split_seed,
         "files": {k: file_fingerprint(p) for k, p in sorted(files.items())},
-    })
+    }
+    if cfg.files is not None:  # absolute paths and read options of your own files
+        parts["source"] = cfg.files.model_dump(mode="json")
+    key = cache_key(parts)
     entry = cache_dir() / f"{recipe.name}-{key}"
     if not is_complete(entry):
         log(f"{recipe.name}: encoding into {entry}")
-        raw = recipe.load(files, {**cfg.options, "_split": cfg.split, "_split_seed": split_seed})
-        tables = raw.splits if raw.splits is not None else split_table(recipe, raw.table, cfg, split_seed)
-        encoders = Encoders.fit(schema, tables["train"])
-        encoded = {name: encoders.encode(t, what=f"The {name} split of {recipe.name}") for name, t in tables.items()}
-        used = "official" if raw.splits is not None else ("random" if method == "official" else method)
+        tables, notes, used = raw_splits(recipe, schema, files, cfg, split_seed)
+        encoders, encoded = fit_encode(recipe, schema, tables)
+        stats = {name: split_stats(encoders, tables[name], e) for name, e in encoded.items()}
+        for name, st in stats.items():  # logged by describe(), kept in meta.json
+            if st.get("unknown_scenario"):
+                notes.append(f"{name}: {st['unknown_scenario']} rows of a scenario unseen in train, scored "
+                             f"with the fallback scenario {UNKNOWN_SCENARIO!r} (id 0)")
+        if any(st["nan_filled"].get(k) for st in stats.values() for k in st["nan_filled"]):
+            notes.append("NaN filled per split: " + ", ".join(
+                f"{n} {json.dumps({k: v for k, v in st['nan_filled'].items() if v})}" for n, st in stats.items()))
+        positives = {name: {t: round(float(v), 4) for t, v in zip(schema.task_names, e.labels.mean(0))}
+                     for name, e in encoded.items()}
+        for t in schema.tasks:
+            if t.type == "binary" and "val" in encoded and len(encoded["val"]) and \
+                    not (encoded["val"].labels[:, schema.task_names.index(t.name)] > 0).any():
+                msg = f"warning: task {t.name!r} has no positive in the validation split (its AUC there is undefined)"
+                log(msg)
+                notes.append(msg)
         meta = {"dataset": recipe.name, "split": used,
-                "ratios": list(cfg.ratios), "split_seed": split_seed, "notes": raw.notes or [],
+                "ratios": list(cfg.ratios), "split_seed": split_seed, "notes": notes,
                 "files": {k: str(p) for k, p in files.items()}, "schema": schema.model_dump(mode="json"),
-                "positives": {name: {t: round(float(v), 4) for t, v in zip(schema.task_names, e.labels.mean(0))}
-                              for name, e in encoded.items()}}
+                "positives": positives, "stats": stats}
         extra = {f"raw-{name}.parquet": (lambda p, t=t: pq.write_table(t, p)) for name, t in tables.items()}
         write_cache(entry, encoders, encoded, meta, extra)
     encoders, splits, meta = read_cache(entry)
@@ -116,6 +276,7 @@ def describe(prepared: PreparedData) -> str:
     m = prepared.meta
     lines = [f"{prepared.dataset}: {json.dumps(m['rows'])} rows ({m['split']} split, seed {m['split_seed']})"]
     lines += [f"  positive rate {k}: {v}" for k, v in m["positives"].items()]
+    lines += [f"  {_stats_line(k, v)}" for k, v in m.get("stats", {}).items()]
     lines += [f"  note: {n}" for n in m["notes"]]
     return "\n".join(lines)
 

@@ -78,7 +78,7 @@ def validate_config(cfg: RunConfig) -> None:
     check_device(cfg.train.device)
 
 
-RUN_FILES = ("config.yaml", "encoders.json", "spec.json", "metrics.jsonl", "steps.jsonl", "tensorboard")
+RUN_FILES = ("config.yaml", "encoders.json", "schema.yaml", "spec.json", "metrics.jsonl", "steps.jsonl", "tensorboard")
 
 
 def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None] = print) -> bool:
@@ -151,6 +151,8 @@ def write_run_files(run_dir: Path, cfg: RunConfig, spec: dict[str, Any], encoder
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     if encoders is not None:
         encoders.save(run_dir / "encoders.json")
+        # the resolved schema, readable beside config.yaml (whose paths are absolute): the run works from anywhere
+        atomic_write_text(run_dir / "schema.yaml", encoders.schema_yaml())
     atomic_write_text(run_dir / "spec.json", json.dumps(spec, indent=1, default=str))
 
 
@@ -185,7 +187,7 @@ def _train_ctr_run(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[s
     metrics = {split: evaluate_table(model, tables[split], cfg.train.eval_batch_size, spec.scenario_names)
                for split in ("val", "test") if split in tables}
     result = run_summary(data.dataset, cfg, cfg.train.monitor, fit, n_params, t0, data.meta["rows"],
-                         data.meta["notes"], metrics)
+                         data.meta["notes"], metrics, data_stats=data.meta.get("stats"))
     gates = (gate_summary(model, tables["test"], spec.scenario_names, cfg.train.eval_batch_size)
              if "test" in tables else None)
     if gates:

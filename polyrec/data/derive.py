@@ -1,0 +1,211 @@
+"""Schema-declared transformations, no Python needed: event-log aggregation and derived columns.
+
+Expressions are SQL snippets parsed by polars (`polars.sql_expr`: `behavior = 'buy'`, `rating >= 4`,
+`CASE WHEN ... END`), a maintained engine with vectorised execution; aggregation is polars `group_by`.
+Tables stay pyarrow outside this module: polars reads them zero-copy and hands results back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from polyrec.data.schema import AggregateColumn, AggregateSpec, DerivedColumn, Schema
+from polyrec.errors import PolyrecError, close_matches
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+def _polars():
+    try:
+        import polars as pl
+    except ImportError:  # pragma: no cover - polars is a dependency
+        raise PolyrecError("Derived columns and aggregation need polars: pip install polars") from None
+    return pl
+
+
+def _sql(text: str, where: str) -> "pl.Expr":
+    pl = _polars()
+    try:
+        return pl.sql_expr(text)
+    except Exception as exc:  # polars raises several types for a bad expression
+        raise PolyrecError(f"{where}: cannot parse the expression {text!r} ({str(exc).splitlines()[0]}).") from None
+
+
+def _spec(value: str | DerivedColumn) -> DerivedColumn:
+    return DerivedColumn(expr=value) if isinstance(value, str) else value
+
+
+def expression_inputs(schema: Schema) -> dict[str, list[str]]:
+    """Raw columns each derived column reads (from the parsed expressions)."""
+    out = {}
+    for name, value in schema.derive.items():
+        spec = _spec(value)
+        out[name] = [spec.column] if spec.column else _sql(spec.expr, f"derive.{name}").meta.root_names()
+    return out
+
+
+def derived_needs(schema: Schema, with_labels: bool = True) -> list[str]:
+    """Columns the rows must hold before `derive` (after any aggregation)."""
+    labels = set(schema.label_columns())
+    need = schema.input_columns() + (schema.label_columns() if with_labels else [])
+    if schema.time and with_labels:
+        need.append(schema.time)
+    inputs = expression_inputs(schema)
+    for name in reversed(list(schema.derive)):
+        if not with_labels and name in labels:
+            continue
+        need = [c for c in need if c != name] + inputs[name]
+    return list(dict.fromkeys(need))
+
+
+def raw_columns(schema: Schema, with_labels: bool = True, aggregated: bool = True) -> list[str]:
+    """Columns the raw files must hold: what the schema uses, minus what derive/aggregate produce."""
+    need = derived_needs(schema, with_labels)
+    agg = schema.aggregate
+    if agg is None or not aggregated:
+        return need
+    produced = set(_aggregate_outputs(agg)) | set(agg.by)
+    need = list(agg.by) + [c for c in need if c not in produced]
+    for a in agg.columns.values():
+        if a.column:
+            need.append(a.column)
+        elif a.expr:
+            need += _sql(a.expr, "aggregate").meta.root_names()
+    if agg.labels:
+        need.append(agg.labels.column)
+    if agg.order_by:
+        need.append(agg.order_by)
+    return list(dict.fromkeys(need))
+
+
+def _aggregate_outputs(agg: AggregateSpec) -> list[str]:
+    names = list(agg.columns)
+    if agg.labels:
+        names += [f"{agg.labels.prefix}{v}" for v in agg.labels.values]
+    return names
+
+
+def _agg_expr(name: str, a: AggregateColumn) -> "pl.Expr":
+    pl = _polars()
+    if a.expr is not None:
+        e = _sql(a.expr, f"aggregate.columns.{name}")
+    elif a.column is not None:
+        e = pl.col(a.column)
+    else:
+        return pl.len().alias(name)
+    if a.equals is not None:
+        values = a.equals if isinstance(a.equals, list) else [a.equals]
+        e = e.cast(pl.String).is_in([str(v) for v in values])
+    how = a.how
+    if how == "any":
+        return e.cast(pl.Boolean).any().cast(pl.Int8).alias(name)
+    if how == "count":
+        return (e.cast(pl.Boolean).sum() if a.equals is not None or a.expr is not None else e.count()).alias(name)
+    return getattr(e, how)().alias(name)
+
+
+def aggregate(table: pa.Table, agg: AggregateSpec, where: str, keep: list[str] | None = None) -> pa.Table:
+    """Group rows by `agg.by`; `keep` lists further columns carried with their first value per group."""
+    pl = _polars()
+    from polyrec.data.sources import check_columns
+
+    check_columns(table, agg.by, where)
+    df = pl.from_arrow(table)
+    if agg.order_by:
+        check_columns(table, [agg.order_by], where)
+        df = df.sort(agg.order_by, maintain_order=True)
+    exprs = [_agg_expr(n, a) for n, a in agg.columns.items()]
+    if agg.labels:
+        check_columns(table, [agg.labels.column], where)
+        col = pl.col(agg.labels.column).cast(pl.String)
+        for v in agg.labels.values:
+            hit = col == str(v)
+            exprs.append((hit.any().cast(pl.Int8) if agg.labels.how == "any" else hit.sum())
+                         .alias(f"{agg.labels.prefix}{v}"))
+    produced = set(_aggregate_outputs(agg)) | set(agg.by)
+    carried = [c for c in (keep or []) if c in df.columns and c not in produced]
+    exprs += [pl.col(c).first() for c in carried]
+    try:
+        out = df.group_by(agg.by, maintain_order=True).agg(exprs)
+    except Exception as exc:
+        raise PolyrecError(f"{where}: aggregation failed ({str(exc).splitlines()[0]}).") from None
+    return _to_arrow(out)
+
+
+def _to_arrow(df: "pl.DataFrame") -> pa.Table:
+    table = df.to_arrow()
+    cols = []
+    for c in table.columns:
+        if pa.types.is_large_string(c.type) or pa.types.is_string_view(c.type):
+            c = pc.cast(c, pa.string())
+        cols.append(c)
+    return pa.table(cols, names=table.column_names)
+
+
+def _bucket(values: np.ndarray, spec: DerivedColumn) -> pa.Array:
+    edges = np.asarray(spec.buckets, dtype=np.float64)
+    labels = spec.labels or ([f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])]
+                             + [f">={edges[-1]:g}"])
+    x = values.astype(np.float64)
+    idx = np.searchsorted(edges, x, side="right")
+    out = pa.array(np.asarray(labels, dtype=object)[idx], type=pa.string())
+    return pc.if_else(pa.array(np.isnan(x)), pa.scalar(None, pa.string()), out)
+
+
+def derive_columns(table: pa.Table, schema: Schema, where: str, with_labels: bool = True) -> pa.Table:
+    """Add the schema's derived columns in order. Without labels (prediction), label columns are skipped."""
+    if not schema.derive:
+        return table
+    pl = _polars()
+    labels = set(schema.label_columns())
+    df = pl.from_arrow(table)
+    added = []
+    for name, value in schema.derive.items():
+        if not with_labels and name in labels:
+            continue
+        spec = _spec(value)
+        e = pl.col(spec.column) if spec.column else _sql(spec.expr, f"derive.{name}")
+        missing = [c for c in e.meta.root_names() if c not in df.columns]
+        if missing:
+            hints = "".join(f" {c!r}:{close_matches(c, df.columns) or ' no close match.'}" for c in missing)
+            raise PolyrecError(f"{where}: derived column {name!r} needs missing column(s) {missing}.{hints}")
+        if spec.time_part:
+            dt = pl.from_epoch(e, time_unit=spec.time_unit)
+            e = {"hour": dt.dt.hour(), "weekday": dt.dt.weekday(), "day": dt.dt.day(), "month": dt.dt.month(),
+                 "year": dt.dt.year(), "minute": dt.dt.minute()}[spec.time_part]
+        if spec.transform:
+            e = getattr(e.cast(pl.Float64), spec.transform)()
+        if spec.clip:
+            e = e.clip(spec.clip[0], spec.clip[1])
+        try:
+            res = df.select(e.alias(name)).to_series()
+        except Exception as exc:
+            raise PolyrecError(f"{where}: derived column {name!r} failed ({str(exc).splitlines()[0]}).") from None
+        if spec.buckets is not None:
+            res = pl.from_arrow(_bucket(res.cast(pl.Float64).to_numpy(), spec)).alias(name)
+        elif spec.type == "int" or (spec.type == "auto" and res.dtype == pl.Boolean):
+            res = res.cast(pl.Int8 if res.dtype == pl.Boolean else pl.Int64)
+        elif spec.type == "float":
+            res = res.cast(pl.Float64)
+        elif spec.type == "string":
+            res = res.cast(pl.String)
+        df = df.with_columns(res.alias(name))
+        added.append(name)
+    out = _to_arrow(df.select(added))
+    for name in added:
+        col = out[name]
+        table = (table.set_column(table.column_names.index(name), name, col) if name in table.column_names
+                 else table.append_column(name, col))
+    return table
+
+
+def transform_raw(table: pa.Table, schema: Schema, where: str, with_labels: bool = True) -> pa.Table:
+    """The whole declarative step: aggregation (training data only) then derived columns."""
+    if schema.aggregate is not None and with_labels:
+        table = aggregate(table, schema.aggregate, where, derived_needs(schema))
+    return derive_columns(table, schema, where, with_labels)
