@@ -101,5 +101,8 @@ RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    """Class decorator: the recipe under its `name` (a name registered twice is an error, as for models)."""
+    if cls.name in RECIPES:
+        raise ValueError(f"dataset recipe {cls.name!r} registered twice")
     RECIPES[cls.name] = cls()
     return cls
