@@ -93,6 +93,8 @@ CASES = [
          "model.safetensors is corrupt or truncated"),
     Case("truncated checkpoint.pt", "finished:checkpoint.pt", ("train", "--resume", "--out", "{run}"),
          "checkpoint.pt is corrupt or truncated"),
+    Case("checkpoint of another version", "finished:old-optimizer", ("train", "--resume", "--out", "{run}"),
+         "does not fit this model and optimiser", before_data=False),
     Case("truncated encoders.json", "finished:encoders.json",
          ("predict", "{run}", "--input", "{tmp}/rows.parquet", "--output", "{tmp}/out.parquet"),
          "encoders.json is corrupt or truncated"),
@@ -182,6 +184,15 @@ def _setup(kind: str, tmp: Path, finished: Path) -> dict[str, str]:
             spec = json.loads((run / "spec.json").read_text())
             spec["params"]["n_experts"] = 3
             (run / "spec.json").write_text(json.dumps(spec))
+        elif damaged == "old-optimizer":  # an older layout: one parameter group fewer
+            from polyrec.train.checkpoint import load_checkpoint, save_checkpoint
+
+            ckpt = load_checkpoint(run / "checkpoint.pt")
+            groups = ckpt["optimizer"]["param_groups"]
+            ckpt["optimizer"]["param_groups"] = [{**groups[0], "params": [i for g in groups for i in g["params"]]}]
+            ckpt["finished"] = False
+            save_checkpoint(ckpt, run / "checkpoint.pt")
+            (run / "metrics.json").unlink()
         elif damaged:
             data = (run / damaged).read_bytes()
             (run / damaged).write_bytes(data[: len(data) // 2])
@@ -231,7 +242,8 @@ def _display(args: tuple[str, ...]) -> str:
 def markdown_table() -> str:
     setups = {"none": "", "file": "`afile` is a file", "locked": "another process holds `held`",
               "finished": "RUN is a finished run", "no-cuda": "CPU-only PyTorch", "bad-yaml": "`bad.yaml` is broken",
-              "rows": "DIR holds rows, no run", "finished:swap-spec": "RUN's spec.json says n_experts=3"}
+              "rows": "DIR holds rows, no run", "finished:swap-spec": "RUN's spec.json says n_experts=3",
+              "finished:old-optimizer": "RUN's checkpoint holds an older optimiser layout"}
     lines = ["| case | setting | command | message contains | exit |", "|---|---|---|---|---|"]
     for c in CASES:
         setting = setups.get(c.setup) or (f"RUN's {c.setup.partition(':')[2]} cut in half" if ":" in c.setup else "")

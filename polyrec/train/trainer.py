@@ -166,9 +166,15 @@ class Trainer:
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if resume:
             ckpt = load_checkpoint(self._path(CHECKPOINT))
-            model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.balancer.load_state_dict(ckpt["balancer"])
+            try:
+                model.load_state_dict(ckpt["model"])
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+                self.balancer.load_state_dict(ckpt["balancer"])
+            except (KeyError, ValueError, RuntimeError) as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise PolyrecError(f"{self._path(CHECKPOINT)} does not fit this model and optimiser ({first}): it was "
+                                   "written by another polyrec version or for other settings. Train into a new --out, "
+                                   "or delete checkpoint.pt and start again without --resume.") from None
             torch.set_rng_state(ckpt["rng"])
             best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
             bad, step, start_epoch = ckpt["bad_epochs"], ckpt["step"], ckpt["epoch"] + 1
