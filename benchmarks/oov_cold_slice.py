@@ -3,7 +3,9 @@
 With min_freq 1 every training id gets its own row and the OOV row is never trained: a test row whose
 user or item never occurred in training is scored through an untrained (random) embedding. With
 min_freq k, ids seen fewer than k times in training share the OOV row, which then learns what a rare
-id looks like. This script trains one model per min_freq on MovieLens-1M (the recipe's split and
+id looks like; `train.oov_dropout` p instead replaces a random share p of the training ids by the OOV id,
+which trains the OOV rows of every field (users included, where no id is rare). This script trains one model
+per (min_freq, oov_dropout) variant on MovieLens-1M (the recipe's split and
 schema, min_freq changed on user_id and item_id only) and reports, on the test split:
 
   * all rows: AUC and LogLoss per task;
@@ -14,7 +16,7 @@ schema, min_freq changed on user_id and item_id only) and reports, on the test s
     mean prediction near the positive rate and some AUC from the other features; an untrained one does not.
 
 Usage:
-  POLYREC_DATA=/path/to/data python benchmarks/oov_cold_slice.py [--min-freq 1,2,3] [--model mmoe]
+  POLYREC_DATA=/path/to/data python benchmarks/oov_cold_slice.py [--variants 1/0,2/0,3/0,1/0.02] [--model mmoe]
       [--seed 0] [--lr 0.003] [--out DIR] [--json-out FILE]
 Trainings stop early on validation (patience 2, epoch cap 30). Run it alone on the machine: it is CPU heavy.
 """
@@ -56,13 +58,13 @@ def slice_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
             "positive_rate": float(labels.mean()) if len(labels) else float("nan")}
 
 
-def run(dataset: str, k: int, args: argparse.Namespace, folder: Path) -> dict[str, object]:
-    overrides = [f"data.dataset={dataset}", f"data.schema_file={schema_with_min_freq(dataset, k, folder)}",
+def run(dataset: str, k: int, rate: float, args: argparse.Namespace, folder: Path) -> dict[str, object]:
+    overrides = [f"train.oov_dropout={rate}", f"data.dataset={dataset}", f"data.schema_file={schema_with_min_freq(dataset, k, folder)}",
                  f"model.name={args.model}", f"train.lr={args.lr}", f"train.seed={args.seed}", "train.epochs=30",
                  "train.patience=2", "train.batch_size=2048", "train.progress=false", "train.tensorboard=false",
                  "train.threads=1"]
     cfg = load_config(None, overrides)
-    run_dir = Path(args.out) / f"min_freq-{k}"
+    run_dir = Path(args.out) / (f"min_freq-{k}" + (f"-oov_dropout-{rate:g}" if rate else ""))
     result = train_run(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists() and not (run_dir / "metrics.json").exists(),
                        log=lambda m: None) if not (run_dir / "metrics.json").exists() else None
     metrics = json.loads((run_dir / "metrics.json").read_text()) if result is None else result.metrics
@@ -79,7 +81,7 @@ def run(dataset: str, k: int, args: argparse.Namespace, folder: Path) -> dict[st
     new_user = predict_table(run_dir, test.set_column(test.schema.get_field_index("user_id"), "user_id", unseen))
     both = test.set_column(test.schema.get_field_index("user_id"), "user_id", unseen)
     both = predict_table(run_dir, both.set_column(both.schema.get_field_index("item_id"), "item_id", unseen))
-    out: dict[str, object] = {"min_freq": k, "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
+    out: dict[str, object] = {"min_freq": k, "oov_dropout": rate, "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
                               "vocab_rows": {f: None for f in ID_FIELDS}, "tasks": {}}
     for task in ("click", "like"):
         y = test[task].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -95,7 +97,8 @@ def run(dataset: str, k: int, args: argparse.Namespace, folder: Path) -> dict[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="movielens-1m")
-    ap.add_argument("--min-freq", default="1,2,3")
+    ap.add_argument("--variants", default="1/0,2/0,3/0,1/0.02",
+                    help="min_freq/oov_dropout pairs: min_freq of user_id and item_id, train.oov_dropout")
     ap.add_argument("--model", default="mmoe")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=0.003)
@@ -106,10 +109,10 @@ def main() -> None:
     schemas = Path(args.out) / "schemas"  # a stable path: an interrupted run resumes with the same config
     schemas.mkdir(parents=True, exist_ok=True)
     if True:
-        for k in (int(x) for x in args.min_freq.split(",")):
-            rows.append(run(args.dataset, k, args, schemas))
+        for k, rate in ((int(a), float(b)) for a, b in (v.split("/") for v in args.variants.split(","))):
+            rows.append(run(args.dataset, k, rate, args, schemas))
             r = rows[-1]
-            print(f"min_freq {k}: best epoch {r['best_epoch']} of {r['epochs_run']}, vocab rows {r['vocab_rows']}")
+            print(f"min_freq {k}, oov_dropout {rate:g}: best epoch {r['best_epoch']} of {r['epochs_run']}, vocab rows {r['vocab_rows']}")
             for task, m in r["tasks"].items():
                 for name, c in m.items():
                     print(f"  {task:6s} {name:14s} rows {c['rows']:7d}  AUC {c['auc']:.4f}  LogLoss {c['logloss']:.4f}  "

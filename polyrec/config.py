@@ -140,6 +140,9 @@ class TrainConfig(_Strict):
     # paper's form (`default_loss_reduction` of the model class: scenario_task for sapenet and m3oe), written
     # resolved into config.yaml
     loss_reduction: Literal["auto", "task", "scenario_task"] = "auto"
+    # probability of replacing each training row's categorical id by its field's OOV id (trains the OOV rows;
+    # measured in benchmarks/oov_cold_slice.py); 0 = never
+    oov_dropout: float = Field(0.0, ge=0, lt=1)
     log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
     progress: bool = True
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard/ (needs the `track` extra)

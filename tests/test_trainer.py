@@ -231,3 +231,39 @@ def test_adamw_without_weight_decay_warns_that_it_is_adam():
         warnings.simplefilter("error")
         opt = build_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.01))
     assert isinstance(opt, torch.optim.AdamW) and {g["weight_decay"] for g in opt.param_groups} == {0.01, 0.0}
+
+
+def test_oov_dropout_replaces_ids_but_not_padding_or_excluded_columns():
+    from polyrec.data.batching import Batch
+    from polyrec.train.trainer import OOV_ID, oov_dropout
+
+    ids = torch.randint(2, 50, (20000, 3), dtype=torch.int32)
+    ids[:100, 0] = 0  # padding
+    batch = Batch(ids, torch.zeros(20000, 0), {}, torch.zeros(20000, dtype=torch.int64))
+    out = oov_dropout(batch, 0.1, torch.Generator().manual_seed(0), torch.tensor([True, True, False]))
+    replaced = (out.categorical != ids)
+    assert (out.categorical[replaced] == OOV_ID).all()
+    assert abs(replaced[:, :2].float().mean().item() - 0.1) < 0.01 and not replaced[:, 2].any()
+    assert (out.categorical[:100, 0] == 0).all()
+    again = oov_dropout(batch, 0.1, torch.Generator().manual_seed(0), torch.tensor([True, True, False]))
+    assert torch.equal(again.categorical, out.categorical)  # seeded: a resumed epoch draws the same
+
+
+def test_oov_dropout_trains_the_oov_rows(tiny_recipe, tmp_path):
+    from polyrec.train.checkpoint import load_weights
+
+    def oov_row(run: str, *extra: str) -> torch.Tensor:
+        train_run(tiny_config("train.epochs=1", *extra), tmp_path / run, log=quiet)
+        w = load_weights(tmp_path / run / WEIGHTS)
+        return w["embedding.embedding.table.weight"][1]  # field 0 (user_id): row 0 padding, row 1 OOV
+
+    untouched, trained = oov_row("plain"), oov_row("dropout", "train.oov_dropout=0.1")
+    torch.manual_seed(1)  # the initialisation both runs started from
+    from polyrec.models import build_model
+    from polyrec.recipes.prepare import prepare
+
+    data = prepare(tiny_config().data, seed=1, log=quiet)
+    init = build_model("mmoe", data.model_spec(), 4, {"n_experts": 2, "expert_dims": [16], "tower_dims": [8],
+                                                       "dropout": 0.2}).embedding.embedding.table.weight[1]
+    assert torch.equal(untouched, init.detach())  # min_freq 1 and no dropout: the OOV row never moves
+    assert not torch.allclose(trained, init.detach())

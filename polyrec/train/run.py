@@ -169,7 +169,8 @@ def _train_ctr_run(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[s
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}")
     tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items() if evaluate_test or k != "test"}
-    trainer = Trainer(model, cfg.train, balancer, run_dir, log)
+    oov_columns = [name in data.encoders.vocabularies for name in data.encoders.categorical_fields]
+    trainer = Trainer(model, cfg.train, balancer, run_dir, log, oov_columns=oov_columns)
     if not resume:
         trainer.check_monitor(tables["val"], spec.scenario_names)
         write_run_files(run_dir, cfg, {

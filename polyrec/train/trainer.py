@@ -19,7 +19,7 @@ import torch
 
 from polyrec.balance import Balancer
 from polyrec.config import TrainConfig
-from polyrec.data.batching import TensorTable
+from polyrec.data.batching import Batch, TensorTable
 from polyrec.errors import PolyrecError
 from polyrec.metrics.report import evaluate, flatten
 from polyrec.models.base import MultiTaskModel, SharedParameters
@@ -29,6 +29,7 @@ from polyrec.train.monitor import Monitor
 from polyrec.train.optim import build_optimizer
 from polyrec.utils.io import atomic_write_text
 
+OOV_ID = 1  # every vocabulary reserves 0 for padding and 1 for out-of-vocabulary (polyrec.data.encoders)
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 EPOCH_LOG = "metrics.jsonl"
@@ -57,6 +58,18 @@ def evaluate_table(model: MultiTaskModel, table: TensorTable, batch_size: int,
                     table.scenario.cpu().numpy(), scenario_names, table.user)
 
 
+def oov_dropout(batch: Batch, rate: float, generator: torch.Generator, columns: torch.Tensor | None = None) -> Batch:
+    """Training rows with each categorical id replaced by its field's OOV id with probability `rate`, so the OOV
+    rows learn what an unseen id should score (otherwise they keep their random initialisation: min_freq 1
+    leaves them untrained). `columns` [F] bool: the fields it applies to (not the scenario-as-feature column,
+    whose id 0 is the unknown scenario). Padding stays padding; numeric and sequence inputs are untouched."""
+    ids = batch.categorical
+    hit = (torch.rand(ids.shape, generator=generator) < rate).to(ids.device) & (ids > 0)
+    if columns is not None:
+        hit &= columns.to(ids.device)
+    return Batch(torch.where(hit, torch.full_like(ids, OOV_ID), ids), batch.numeric, batch.sequences, batch.scenario)
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
@@ -70,7 +83,10 @@ class FitResult:
 
 class Trainer:
     def __init__(self, model: MultiTaskModel, cfg: TrainConfig, balancer: Balancer,
-                 run_dir: Path | None = None, log: Callable[[str], None] = print) -> None:
+                 run_dir: Path | None = None, log: Callable[[str], None] = print,
+                 oov_columns: list[bool] | None = None) -> None:
+        """`oov_columns`: which categorical columns train.oov_dropout may replace (default: all)."""
+        self.oov_columns = torch.tensor(oov_columns, dtype=torch.bool) if oov_columns is not None else None
         self.model, self.cfg, self.balancer = model, cfg, balancer
         self.run_dir = Path(run_dir) if run_dir else None
         self.log = log
@@ -117,7 +133,10 @@ class Trainer:
         window_sum = torch.zeros(n_heads)
         window, n_batches, steps = 0, 0, []
         t0 = time.perf_counter()
+        oov_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch + 7919) if cfg.oov_dropout else None
         for batch, labels in table.batches(cfg.batch_size, shuffle=True, generator=gen):
+            if oov_gen is not None and isinstance(batch, Batch):
+                batch = oov_dropout(batch, cfg.oov_dropout, oov_gen, self.oov_columns)
             logits = model(batch)
             losses = self.losses(logits, labels, getattr(batch, "scenario", None))
             self.optimizer.zero_grad(set_to_none=True)
