@@ -176,6 +176,25 @@ def test_unseen_ids_and_unknown_scenario_score_with_oov(clients):
         "click": [], "like": []}
 
 
+def test_a_missing_scenario_is_derived_by_the_recipe_row_by_row(trained, clients, monkeypatch):
+    """MovieLens derives its age bucket from age: rows without a scenario get the derived one, others keep theirs."""
+    import pyarrow as pa
+
+    from polyrec.recipes.base import RECIPES
+
+    def derive(table):
+        if "region" in table.column_names:
+            return table
+        return table.append_column("region", pa.array(["east"] * table.num_rows))
+
+    monkeypatch.setattr(RECIPES["tiny-synthetic"], "derive", derive, raising=False)
+    rows = rows_of(trained["raw_test"], 3)
+    rows[0]["region"], rows[1]["region"] = None, "south"
+    del rows[2]["region"]
+    r = clients["torch"].post(f"/v1/models/{NAME}/score", json={"rows": rows})
+    assert r.json()["scenarios"] == ["east", "south", "east"]
+
+
 @pytest.mark.parametrize("row,field", [
     ({"user_id": "u1", "item_id": 3, "tags": "t1"}, "x"),  # missing feature
     ({"user_id": "u1", "item_id": 3, "x": "high", "tags": "t1"}, "x"),  # wrong type

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from polyrec import __version__
@@ -136,7 +137,15 @@ def build_table(served: Served, values: dict[str, list[Any]], n: int) -> pa.Tabl
     table = pa.table(arrays) if arrays else pa.table({"_": pa.nulls(n)})
     from polyrec.serve.bundle import derive
 
-    table = derive(served.bundle.info.get("dataset"), table)
+    dataset = served.bundle.info.get("dataset")
+    scen = next((c.name for c in served.models.columns if c.kind == "scenario"), None)
+    if scen in table.column_names and table[scen].null_count:  # rows without a scenario: derived where possible
+        derived = derive(dataset, table.drop_columns([scen]))
+        if scen in derived.column_names:
+            given = table[scen] if pa.types.is_string(table[scen].type) else pc.cast(table[scen], pa.string())
+            table = table.set_column(table.column_names.index(scen), scen,
+                                     pc.coalesce(given, pc.cast(derived[scen], pa.string())))
+    table = derive(dataset, table)
     for col in served.models.columns:
         if col.name not in table.column_names:
             table = table.append_column(col.name, pa.nulls(n, pa.string()))
