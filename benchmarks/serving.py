@@ -6,7 +6,7 @@
 For each backend it starts `polyrec serve BUNDLE` on 127.0.0.1 (a free port; never another interface), sends
 at most --requests requests per (candidates, concurrency) cell with httpx (stopping early at --time-limit
 seconds per cell), and prints p50/p95/p99 latency, throughput and errors, plus the ratio of the p50 to a bare
-model forward on the same encoded rows (in this process, same threads). Candidates are rows of the run's
+model forward on the same encoded rows (in this process, same threads; encoding excluded). Candidates are rows of the run's
 test split when the bundle's cache entry is present, else rows synthesised from the encoders' vocabularies.
 Bounded in count and time; loopback only.
 """
@@ -71,7 +71,7 @@ def rank_request(bundle, rows: list[dict]) -> dict:
 
 
 def bare_forward_ms(bundle, backend: str, rows: list[dict], threads: int | None, repeats: int = 20) -> float:
-    """Median time of encode + forward for the same rows, without HTTP or JSON."""
+    """Median time of the bare batched forward on the same (already encoded) rows: no HTTP, JSON or encoding."""
     import pyarrow as pa
 
     from polyrec.serve.backends import make_backend
