@@ -299,6 +299,40 @@ def data_check(
     console.print("ok: the data encodes; train with the same --data/--schema.")
 
 
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to create (must not exist).")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Also export model.onnx, checked against torch.")] = False,
+    rows: Annotated[Optional[Path], typer.Option(help="Rows for the ONNX check (.parquet/.csv/.tsv; default: "
+                                                      "the run's test split).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Served model name (default: the --out folder name).")] = None,
+    fusion: Annotated[str, typer.Option(help="Default /rank fusion: product or sum.")] = "product",
+    weights: Annotated[Optional[str], typer.Option(help="Default fusion weights, e.g. click=1,like=0.5.")] = None,
+) -> None:
+    """Export a trained run as a self-contained serving bundle (weights, encoders, spec, metrics[, ONNX])."""
+    from polyrec.serve.cli import export_command
+
+    export_command(run_dir, out, onnx, rows, name, fusion, weights, console.print)
+
+
+@app.command("serve")
+def serve_cmd(
+    bundles: Annotated[list[Path], typer.Argument(help="One or more bundle folders (polyrec export).")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    threads: Annotated[Optional[int], typer.Option(help="Threads per worker for the forward pass.")] = None,
+    max_rows: Annotated[int, typer.Option(help="Most rows/candidates per request (more: 413).")] = 10_000,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB (more: 413).")] = 32.0,
+) -> None:
+    """Serve bundles over HTTP: /v1/models/NAME/score, /v1/models/NAME/rank, /v1/models, /health."""
+    from polyrec.serve.app import serve
+
+    serve([str(b) for b in bundles], host, port, workers, backend, threads, max_rows, int(max_body_mb * 2**20))
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Registered models and their hyper-parameters."""

@@ -35,7 +35,7 @@ def scenario_matmul(x: torch.Tensor, w: torch.Tensor, scen: torch.Tensor) -> tor
         y = (x @ w.permute(1, 0, 2).reshape(w.shape[1], s * d_out)).unflatten(-1, (s, d_out))
     else:
         y = torch.einsum("bni,snio->bnso", x, w)
-    idx = scen.view(-1, *[1] * (y.dim() - 1)).expand(*y.shape[:-2], 1, d_out)
+    idx = scen.view(-1, *[1] * (y.dim() - 1)).expand(-1, *y.shape[1:-2], 1, d_out)  # -1: batch axis stays dynamic in traced (ONNX) graphs
     return y.gather(-2, idx).squeeze(-2)
 
 

@@ -109,7 +109,7 @@ class SARNet(MultiTaskModel):
         s, ns = batch.scenario, self.params.n_scenario_experts
         x, e_s = self.embedding.flat(batch), self.scenario_emb[s]
         z = self.transform(torch.cat([x, *self.behaviour_reads(batch, x, e_s), e_s], dim=1), s)
-        own = self.scenario_experts(z).unflatten(1, (-1, ns))[torch.arange(len(s), device=s.device), s]  # [B, ns, D]
+        own = self.scenario_experts(z).unflatten(1, (-1, ns))[torch.arange(s.shape[0], device=s.device), s]  # [B, ns, D]; shape[0]: dynamic when traced
         experts = torch.cat([own, self.shared_experts(z)], dim=1)
         gate_logits = self.task_gates(z)  # [B, T, ns + n_shared]
         self.record_gate("task_gates", torch.softmax(gate_logits, -1))

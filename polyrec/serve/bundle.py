@@ -1,0 +1,284 @@
+"""A serving bundle: one self-contained folder exported from a finished run, loadable without its data.
+
+Layout (written atomically: built in a temp folder, then renamed into place):
+  bundle.json        format, name, model, heads, default fusion, versions, data fingerprints, ONNX check
+  model.safetensors  the run's best weights
+  encoders.json      fitted encoders, schema inside (request validation is generated from it)
+  spec.json          model name, embed_dim, params and ModelSpec (the model is rebuilt from it)
+  metrics.json       the run's final validation/test metrics
+  model.onnx         (--onnx) scores [B, H] from the encoded tensors, dynamic batch axis
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from polyrec import __version__
+from polyrec.data.encoders import EncodedSplit, Encoders
+from polyrec.errors import PolyrecError
+from polyrec.models import ModelSpec, build_model
+from polyrec.models.base import Head, MultiTaskModel
+from polyrec.utils.io import atomic_directory, atomic_write_text, read_json
+
+BUNDLE_FORMAT = 1
+BUNDLE_FILES = ("bundle.json", "model.safetensors", "encoders.json", "spec.json", "metrics.json")
+ONNX_FILE = "model.onnx"
+ONNX_TOLERANCE = 1e-5
+ONNX_CHECK_ROWS = 10_000
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: what backends and the HTTP app need, nothing from the training data."""
+
+    path: Path
+    info: dict[str, Any]
+    encoders: Encoders
+    spec: ModelSpec
+    model: MultiTaskModel
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def heads(self) -> list[Head]:
+        return self.model.heads
+
+    @property
+    def onnx_path(self) -> Path | None:
+        p = self.path / ONNX_FILE
+        return p if p.exists() else None
+
+    def encode(self, table: pa.Table) -> EncodedSplit:
+        """Raw request columns -> encoded arrays, with the recipe's derived columns (e.g. MovieLens's age bucket)."""
+        return self.encoders.encode(derive(self.info.get("dataset"), table), with_labels=False,
+                                    what="The request")
+
+
+def derive(dataset: str | None, table: pa.Table) -> pa.Table:
+    """The recipe's derived columns when the recipe is known here (built-in or registered); else the table as is."""
+    from polyrec.recipes.base import RECIPES
+
+    recipe = RECIPES.get(dataset or "")
+    return recipe.derive(table) if recipe is not None else table
+
+
+def score_module(model: MultiTaskModel) -> torch.nn.Module:
+    """forward(categorical, numeric, scenario, *sequences) -> scores [B, H] (sigmoid on binary heads):
+    the tensor signature ONNX needs, since a graph cannot take the Batch dataclass."""
+    from polyrec.data.batching import Batch
+
+    names = list(model.spec.sequence_vocab)
+
+    class ScoreModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("binary", torch.tensor([h.kind == "binary" for h in model.heads]))
+
+        def forward(self, categorical: torch.Tensor, numeric: torch.Tensor, scenario: torch.Tensor,
+                    *sequences: torch.Tensor) -> torch.Tensor:
+            logits = self.model(Batch(categorical, numeric, dict(zip(names, sequences)), scenario)).float()
+            return torch.where(self.binary, torch.sigmoid(logits), logits)
+
+    return ScoreModule().eval()
+
+
+def input_names(spec: ModelSpec) -> list[str]:
+    return ["categorical", "numeric", "scenario", *(f"seq.{k}" for k in spec.sequence_vocab)]
+
+
+def encoded_inputs(enc: EncodedSplit, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The ONNX graph's inputs by name, with the dtypes TensorTable uses (scenario int64, ids int32)."""
+    feeds = {"categorical": np.ascontiguousarray(enc.categorical, dtype=np.int32),
+             "numeric": np.ascontiguousarray(enc.numeric, dtype=np.float32),
+             "scenario": np.ascontiguousarray(enc.scenario, dtype=np.int64)}
+    feeds.update({f"seq.{k}": np.ascontiguousarray(enc.sequences[k], dtype=np.int32) for k in spec.sequence_vocab})
+    return feeds
+
+
+def torch_scores(module: torch.nn.Module, feeds: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    with torch.inference_mode():
+        return module(*(torch.from_numpy(feeds[n]) for n in names)).numpy()
+
+
+# --- export -----------------------------------------------------------------------------------
+def _register_symbolics() -> None:
+    """ONNX forms of the two aten ops polyrec models use that opset 17 lacks: expm1 (ESMM's stable
+    log(1 - p)) as Exp(x) - 1, and diag of a vector (M3oE's balance matrix) as EyeLike(outer) * v.
+    The parity check on real rows says whether Exp - 1 is precise enough for a given model."""
+    from torch.onnx import register_custom_op_symbolic
+
+    def expm1(g: Any, x: Any) -> Any:
+        return g.op("Sub", g.op("Exp", x), g.op("Constant", value_t=torch.tensor(1.0)))
+
+    def diag(g: Any, x: Any, diagonal: Any = None) -> Any:
+        axis0, axis1 = (g.op("Constant", value_t=torch.tensor([a])) for a in (0, 1))
+        row, col = g.op("Unsqueeze", x, axis0), g.op("Unsqueeze", x, axis1)
+        return g.op("Mul", g.op("EyeLike", g.op("Mul", row, col)), row)
+
+    register_custom_op_symbolic("aten::expm1", expm1, 17)
+    register_custom_op_symbolic("aten::diag", diag, 17)
+
+
+def export_onnx(model: MultiTaskModel, path: Path, sample: dict[str, np.ndarray]) -> None:
+    """torch.onnx.export (TorchScript exporter, opset 17) with a dynamic batch axis on every input and the output."""
+    import warnings
+
+    from polyrec.serve.deps import need
+
+    need("onnx")
+    _register_symbolics()
+    names = input_names(model.spec)
+    module = score_module(model)
+    args = tuple(torch.from_numpy(sample[n][:7]) for n in names)  # traced on 7 rows, checked on all: the axis is dynamic
+    axes = {n: {0: "batch"} for n in [*names, "scores"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=["scores"],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+
+
+def onnx_parity(model: MultiTaskModel, path: Path, enc: EncodedSplit) -> dict[str, Any]:
+    """Max abs difference between ONNX Runtime and the torch forward on the same encoded rows."""
+    from polyrec.serve.backends import OnnxBackend
+
+    feeds = encoded_inputs(enc, model.spec)
+    ref = torch_scores(score_module(model), feeds, input_names(model.spec))
+    got = OnnxBackend.from_path(path, threads=None).run_feeds(feeds)
+    diff = float(np.max(np.abs(ref - got))) if len(ref) else 0.0
+    return {"rows": int(len(ref)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE, "ok": diff <= ONNX_TOLERANCE}
+
+
+def _fingerprints(spec_info: dict[str, Any]) -> dict[str, Any]:
+    """The data the run was trained on: cache entry (a hash of schema, files and split), rows, file digests."""
+    from polyrec.data.cache import file_fingerprint
+    from polyrec.settings import cache_dir
+
+    entry = spec_info.get("cache_entry")
+    out: dict[str, Any] = {"dataset": spec_info.get("dataset"), "cache_entry": entry}
+    meta_path = cache_dir() / str(entry) / "meta.json" if entry else None
+    if meta_path is not None and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        out.update(rows=meta.get("rows"), split=meta.get("split"), split_seed=meta.get("split_seed"))
+        files = {}
+        for k, p in (meta.get("files") or {}).items():
+            files[k] = file_fingerprint(Path(p)) if Path(p).exists() else {"name": Path(p).name, "missing": True}
+        out["files"] = files
+    else:
+        out["note"] = "the run's cache entry is not on this machine: only its name (a hash of schema, files, split) is kept"
+    return out
+
+
+def check_rows_table(spec_info: dict[str, Any], rows: pa.Table | None) -> tuple[pa.Table | None, str]:
+    """Rows for the ONNX check: the caller's, else the run's raw test split from its cache entry."""
+    from polyrec.settings import cache_dir
+
+    if rows is not None:
+        return rows.slice(0, ONNX_CHECK_ROWS), "caller rows"
+    entry = spec_info.get("cache_entry")
+    raw = cache_dir() / str(entry) / "raw-test.parquet" if entry else None
+    if raw is not None and raw.exists():
+        import pyarrow.parquet as pq
+
+        return pq.read_table(raw).slice(0, ONNX_CHECK_ROWS), f"test split ({raw.parent.name})"
+    return None, "no rows: the run's cache entry is absent and no --rows were given"
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows: pa.Table | None = None,
+                  name: str | None = None, fusion: dict[str, Any] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export a finished CTR run to a bundle folder `out` (which must not exist); returns bundle.json."""
+    from polyrec.serve.fusion import Fusion
+    from polyrec.train.run import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists():
+        raise PolyrecError(f"{out} already exists: choose another --out, or delete it first.")
+    spec_path = run_dir / "spec.json"
+    if spec_path.exists() and read_json(spec_path).get("kind") == "topk":
+        raise PolyrecError(f"{run_dir} is a top-K run: exporting top-K runs is not supported yet (CTR runs only).")
+    run = load_run(run_dir)
+    spec_info = read_json(spec_path)
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    heads = run.model.heads
+    default_fusion = Fusion.model_validate(fusion or {}).resolved([h.name for h in heads],
+                                                                 [h.name for h in heads if h.kind == "binary" and h.train])
+    info: dict[str, Any] = {
+        "format": BUNDLE_FORMAT, "name": name or out.name, "model": spec_info["model"],
+        "dataset": spec_info.get("dataset"), "source_run": str(run_dir.resolve()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "heads": [h.__dict__ for h in heads], "fusion": default_fusion.model_dump(),
+        "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "data": _fingerprints(spec_info), "onnx": None,
+    }
+
+    def build(tmp: Path) -> None:
+        for fname in ("model.safetensors", "encoders.json", "spec.json"):
+            shutil.copyfile(run_dir / fname, tmp / fname)
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
+        if onnx:
+            info["onnx"] = _export_checked(run, spec_info, rows, tmp, log)
+        atomic_write_text(tmp / "bundle.json", json.dumps(info, indent=1))
+
+    atomic_directory(out, build)
+    return info
+
+
+def _export_checked(run: Any, spec_info: dict[str, Any], rows: pa.Table | None, tmp: Path,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    table, source = check_rows_table(spec_info, rows)
+    if table is None or table.num_rows == 0:
+        raise PolyrecError(f"--onnx needs rows to check the graph against torch ({source}); give --rows FILE.")
+    enc = run.encoders.encode(derive(spec_info.get("dataset"), table), with_labels=False, what="The --rows table")
+    try:
+        export_onnx(run.model, tmp / ONNX_FILE, encoded_inputs(enc, run.spec))
+    except PolyrecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporter's own errors: the model cannot be exported
+        raise PolyrecError(f"Model {spec_info['model']!r} cannot be exported to ONNX: "
+                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}") from None
+    check = {**onnx_parity(run.model, tmp / ONNX_FILE, enc), "rows_from": source, "opset": 17}
+    log(f"ONNX check on {check['rows']} rows ({source}): max |p_onnx - p_torch| = {check['max_abs_diff']:.2e}")
+    if not check["ok"]:
+        raise PolyrecError(f"The ONNX graph differs from torch by {check['max_abs_diff']:.2e} "
+                           f"(> {ONNX_TOLERANCE}) on {check['rows']} rows: not exported.")
+    return check
+
+
+# --- load -------------------------------------------------------------------------------------
+def load_bundle(path: str | Path) -> Bundle:
+    """A bundle folder -> model (eval mode), encoders, metadata. Needs no run folder and no data."""
+    from polyrec.train.run import load_state
+
+    path = Path(path)
+    if not path.is_dir():
+        raise PolyrecError(f"Bundle not found: {path} is not a folder (create one with `polyrec export`).")
+    for fname in BUNDLE_FILES:
+        if not (path / fname).exists():
+            raise PolyrecError(f"{path} is not a polyrec bundle: {fname} is missing.")
+    info = read_json(path / "bundle.json")
+    if info.get("format") != BUNDLE_FORMAT:
+        raise PolyrecError(f"{path}: bundle format {info.get('format')!r} is not {BUNDLE_FORMAT}; re-export it.")
+    spec_info = read_json(path / "spec.json")
+    try:
+        spec = ModelSpec.from_dict(spec_info["spec"])
+        model = build_model(spec_info["model"], spec, spec_info["embed_dim"], spec_info["params"])
+    except (KeyError, TypeError) as exc:
+        raise PolyrecError(f"{path / 'spec.json'} is damaged (no valid {exc}); re-export the bundle.") from None
+    load_state(model, path / "model.safetensors")
+    model.eval()
+    return Bundle(path, info, Encoders.load(path / "encoders.json"), spec, model, read_json(path / "metrics.json"))

@@ -1,0 +1,323 @@
+"""Serving (issue 16): bundle export/load, the HTTP app's endpoints and errors, torch/ONNX parity, fuzzing.
+
+One tiny model (MMoE on the synthetic recipe, 2 epochs) is trained once for the module; every test uses it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from helpers import make_batch, make_spec, register_tiny_recipes  # noqa: E402
+
+from polyrec.config import load_config  # noqa: E402
+from polyrec.data.encoders import EncodedSplit  # noqa: E402
+from polyrec.errors import PolyrecError  # noqa: E402
+from polyrec.models import MODELS, build_model  # noqa: E402
+from polyrec.serve.app import create_app  # noqa: E402
+from polyrec.serve.bundle import (  # noqa: E402
+    BUNDLE_FILES, ONNX_TOLERANCE, encoded_inputs, export_bundle, export_onnx, load_bundle, onnx_parity)
+from polyrec.serve.deps import need  # noqa: E402
+from polyrec.serve.predict import predict_table  # noqa: E402
+from polyrec.settings import cache_dir  # noqa: E402
+from polyrec.train.run import train_run  # noqa: E402
+
+NAME = "tiny"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, polyrec_env):
+    from polyrec.recipes.base import RECIPES
+
+    root = tmp_path_factory.mktemp("serving")
+    recipes = register_tiny_recipes(root / "data")
+    cfg = load_config(None, [
+        "data.dataset=tiny-synthetic", "model.name=mmoe", "model.embed_dim=4", "model.n_experts=2",
+        "model.expert_dims=[16]", "model.tower_dims=[8]", "train.epochs=2", "train.batch_size=256",
+        "train.eval_batch_size=1024", "train.progress=false", "train.seed=1", "train.patience=0",
+        "train.tensorboard=false"])
+    run = root / "run"
+    train_run(cfg, run, log=lambda _: None)
+    bundle = root / NAME
+    info = export_bundle(run, bundle, onnx=True, log=lambda _: None)
+    entry = json.loads((run / "spec.json").read_text())["cache_entry"]
+    raw_test = pq.read_table(cache_dir() / entry / "raw-test.parquet")
+    yield {"run": run, "bundle": bundle, "info": info, "raw_test": raw_test, "root": root}
+    for name in recipes:
+        RECIPES.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def clients(trained):
+    return {be: TestClient(create_app([trained["bundle"]], backend=be)) for be in ("torch", "onnx")}
+
+
+def rows_of(table, n):
+    cols = ["user_id", "item_id", "x", "tags", "region"]
+    t = table.select(cols).slice(0, n)
+    out = t.to_pylist()
+    for r in out:  # JSON has no NaN: a missing numeric is null
+        if r["x"] is not None and r["x"] != r["x"]:
+            r["x"] = None
+    return out
+
+
+# --- bundle ------------------------------------------------------------------------------------
+def test_bundle_holds_everything_and_a_checked_onnx_graph(trained):
+    b, info = trained["bundle"], trained["info"]
+    assert all((b / f).exists() for f in BUNDLE_FILES) and (b / "model.onnx").exists()
+    assert set(info["versions"]) == {"polyrec", "torch", "python"}
+    assert info["data"]["files"]["table"]["sha256_head_tail"] and info["data"]["rows"]["test"] == 300
+    check = info["onnx"]
+    assert check["ok"] and check["rows"] == 300 and check["max_abs_diff"] <= ONNX_TOLERANCE
+    assert json.loads((b / "bundle.json").read_text())["onnx"] == check
+    assert not [p for p in b.parent.iterdir() if p.name.startswith(f".{NAME}.")]  # no temp folder left
+
+
+def test_bundle_loads_and_serves_after_the_run_folder_is_deleted(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    export_bundle(run, tmp_path / "b", log=lambda _: None)
+    shutil.rmtree(run)
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.onnx_path is None and bundle.info["onnx"] is None
+    r = TestClient(create_app([bundle])).post("/v1/models/b/score", json={"rows": rows_of(trained["raw_test"], 3)})
+    assert r.status_code == 200 and len(r.json()["scores"]["click"]) == 3
+
+
+def test_export_is_atomic_and_never_overwrites(trained, tmp_path, monkeypatch):
+    import polyrec.serve.bundle as bundle_mod
+
+    def boom(*_a, **_k):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(bundle_mod, "export_onnx", boom)
+    with pytest.raises(PolyrecError, match="cannot be exported to ONNX"):
+        export_bundle(trained["run"], tmp_path / "b", onnx=True, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []  # neither the bundle nor its temp folder
+    with pytest.raises(PolyrecError, match="already exists"):
+        export_bundle(trained["run"], trained["bundle"], log=lambda _: None)
+
+
+def test_cli_export_and_its_one_line_error(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(trained["run"]), "--out", str(tmp_path / "c"),
+                                   "--weights", "click=1,like=0.5", "--fusion", "sum"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c" / "bundle.json").read_text())["fusion"] == {
+        "method": "sum", "weights": {"click": 1.0, "like": 0.5}}
+    res = CliRunner().invoke(app, ["export", str(trained["run"]), "--out", str(tmp_path / "d"), "--weights", "click"])
+    assert isinstance(res.exception, PolyrecError) and "HEAD=NUMBER" in str(res.exception)
+
+
+def test_missing_optional_dependency_says_how_to_install():
+    with pytest.raises(PolyrecError, match=r'pip install "polyrec\[serve\]"'):
+        need("polyrec_no_such_module")
+
+
+# --- endpoints --------------------------------------------------------------------------------
+def test_health_and_models_metadata(clients):
+    c = clients["torch"]
+    assert c.get("/health").json() == {"status": "ok", "models": [NAME], "backend": "torch"}
+    (meta,) = c.get("/v1/models").json()["models"]
+    assert meta["model"] == "mmoe" and [t["name"] for t in meta["tasks"]] == ["click", "like"]
+    assert meta["scenarios"]["names"] == sorted(["north", "south", "east"]) and meta["backend"] == "torch"
+    assert {f["name"]: f["type"] for f in meta["features"]} == {
+        "user_id": "categorical", "item_id": "categorical", "x": "numeric", "tags": "sequence", "region": "scenario"}
+    assert set(meta["metrics"]["test"]["heads"]) == {"click", "like"}
+    assert clients["onnx"].get("/v1/models").json()["models"][0]["backend"] == "onnx"
+
+
+def test_openapi_names_every_feature_with_its_type(clients):
+    spec = clients["torch"].get("/openapi.json").json()
+    props = spec["components"]["schemas"]["TinyRow"]["properties"]
+    assert set(props) == {"user_id", "item_id", "x", "tags", "region"}
+    assert {t["type"] for t in props["item_id"]["anyOf"]} == {"integer", "string"}
+    assert {t["type"] for t in props["x"]["anyOf"]} == {"number", "null"}
+    assert set(spec["components"]["schemas"]["TinyRow"]["required"]) == {"user_id", "item_id", "x", "tags"}
+
+
+def test_score_matches_polyrec_predict(trained, clients):
+    rows = rows_of(trained["raw_test"], 200)
+    want = predict_table(trained["run"], trained["raw_test"].slice(0, 200))
+    for be, c in clients.items():
+        r = c.post(f"/v1/models/{NAME}/score", json={"rows": rows})
+        assert r.status_code == 200
+        got = r.json()["scores"]
+        for head in ("click", "like"):
+            np.testing.assert_allclose(got[head], want[head].to_numpy(), atol=1e-6 if be == "torch" else 1e-5,
+                                       err_msg=be)
+        assert r.json()["scenarios"] == trained["raw_test"]["region"].slice(0, 200).to_pylist()
+
+
+def test_unseen_ids_and_unknown_scenario_score_with_oov(clients):
+    rows = [{"user_id": "never-seen", "item_id": 10**30, "x": None, "tags": ["t1", "zz"], "region": "mars"},
+            {"user_id": 5, "item_id": "x", "x": 1.5, "tags": "", "region": None},
+            {"user_id": "u1", "item_id": 3, "x": 0.0, "tags": "t1|t2"}]  # scenario left out
+    for c in clients.values():
+        r = c.post(f"/v1/models/{NAME}/score", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        assert r.json()["scenarios"] == ["<unknown>"] * 3
+        assert all(0 < p < 1 for p in r.json()["scores"]["click"])
+    assert clients["torch"].post(f"/v1/models/{NAME}/score", json={"rows": []}).json()["scores"] == {
+        "click": [], "like": []}
+
+
+def test_a_missing_scenario_is_derived_by_the_recipe_row_by_row(trained, clients, monkeypatch):
+    """MovieLens derives its age bucket from age: rows without a scenario get the derived one, others keep theirs."""
+    import pyarrow as pa
+
+    from polyrec.recipes.base import RECIPES
+
+    def derive(table):
+        if "region" in table.column_names:
+            return table
+        return table.append_column("region", pa.array(["east"] * table.num_rows))
+
+    monkeypatch.setattr(RECIPES["tiny-synthetic"], "derive", derive, raising=False)
+    rows = rows_of(trained["raw_test"], 3)
+    rows[0]["region"], rows[1]["region"] = None, "south"
+    del rows[2]["region"]
+    r = clients["torch"].post(f"/v1/models/{NAME}/score", json={"rows": rows})
+    assert r.json()["scenarios"] == ["east", "south", "east"]
+
+
+@pytest.mark.parametrize("row,field", [
+    ({"user_id": "u1", "item_id": 3, "tags": "t1"}, "x"),  # missing feature
+    ({"user_id": "u1", "item_id": 3, "x": "high", "tags": "t1"}, "x"),  # wrong type
+    ({"user_id": "u1", "item_id": 3.5, "x": 1.0, "tags": "t1"}, "item_id"),  # an id that is not integral
+    ({"user_id": "u1", "item_id": 3, "x": 1.0, "tags": {"a": 1}}, "tags"),
+])
+def test_wrong_type_or_missing_feature_is_422_naming_it(clients, row, field):
+    r = clients["torch"].post(f"/v1/models/{NAME}/score", json={"rows": [row]})
+    assert r.status_code == 422
+    assert any(e["loc"][:4] == ["body", "rows", 0, field] for e in r.json()["detail"])
+
+
+def test_too_many_rows_or_too_large_a_body_is_413(trained):
+    c = TestClient(create_app([trained["bundle"]], max_rows=5, max_body_bytes=4000))
+    rows = rows_of(trained["raw_test"], 6)
+    r = c.post(f"/v1/models/{NAME}/score", json={"rows": rows})
+    assert r.status_code == 413 and "limit of 5" in r.json()["detail"]
+    r = c.post(f"/v1/models/{NAME}/rank", json={"context": {}, "candidates": rows})
+    assert r.status_code == 413
+    r = c.post(f"/v1/models/{NAME}/score", content=json.dumps({"rows": rows_of(trained["raw_test"], 3) * 30}),
+               headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "4000 bytes" in r.json()["detail"]
+
+
+def test_unknown_model_is_404(clients):
+    for action in ("score", "rank"):
+        r = clients["torch"].post(f"/v1/models/tinny/{action}", json={"rows": []})
+        assert r.status_code == 404 and "Did you mean 'tiny'" in r.json()["detail"]
+
+
+def _rank_request(trained, n=40, **extra):
+    rows = rows_of(trained["raw_test"], n)
+    ctx = {k: rows[0][k] for k in ("user_id", "x", "region")}
+    return {"context": ctx, "candidates": [{"item_id": r["item_id"], "tags": r["tags"]} for r in rows], **extra}
+
+
+def test_rank_sorts_by_fused_scores(trained, clients):
+    c = clients["torch"]
+    req = _rank_request(trained)
+    body = c.post(f"/v1/models/{NAME}/rank", json=req).json()
+    cands = body["candidates"]
+    assert body["fusion"] == {"method": "product", "weights": {"click": 1.0, "like": 1.0}}
+    assert sorted(x["index"] for x in cands) == list(range(40))
+    assert [x["id"] for x in cands] == [req["candidates"][x["index"]]["item_id"] for x in cands]
+    for x in cands:
+        assert x["score"] == pytest.approx(x["scores"]["click"] * x["scores"]["like"], rel=1e-9)
+    assert [x["score"] for x in cands] == sorted((x["score"] for x in cands), reverse=True)
+    # the scores equal /score of the merged rows
+    merged = [{**req["context"], **cand} for cand in req["candidates"]]
+    s = c.post(f"/v1/models/{NAME}/score", json={"rows": merged}).json()["scores"]
+    for x in cands:
+        assert x["scores"]["click"] == s["click"][x["index"]]
+    # weighted sum, click only: the order of click scores; top_k cuts
+    only_click = c.post(f"/v1/models/{NAME}/rank", json={**req, "top_k": 5, "fusion": {
+        "method": "sum", "weights": {"click": 2.0}}}).json()["candidates"]
+    best_click = np.argsort(-np.array(s["click"]), kind="stable")[:5].tolist()
+    assert [x["index"] for x in only_click] == best_click
+    assert only_click[0]["score"] == pytest.approx(2 * s["click"][best_click[0]])
+
+
+def test_rank_errors(trained, clients):
+    c = clients["torch"]
+    req = _rank_request(trained, 3)
+    r = c.post(f"/v1/models/{NAME}/rank", json={**req, "fusion": {"weights": {"clik": 1}}})
+    assert r.status_code == 422 and "clik" in r.text
+    del req["candidates"][1]["tags"]
+    r = c.post(f"/v1/models/{NAME}/rank", json=req)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "candidates", 1, "tags"]
+    r = c.post(f"/v1/models/{NAME}/rank", json={**_rank_request(trained, 3), "id_field": "nope"})
+    assert r.status_code == 422
+
+
+def test_torch_and_onnx_give_the_same_ranking(trained, clients):
+    req = _rank_request(trained, 300)
+    seen, unique = set(), []
+    for cand in req["candidates"]:  # duplicates tie exactly; their order would hinge on the last float bit
+        if (cand["item_id"], cand["tags"]) not in seen:
+            seen.add((cand["item_id"], cand["tags"]))
+            unique.append(cand)
+    req["candidates"] = unique[:100]
+    out = {be: c.post(f"/v1/models/{NAME}/rank", json=req).json()["candidates"] for be, c in clients.items()}
+    torch_order, onnx_order = ([x["index"] for x in out[be]] for be in ("torch", "onnx"))
+    assert sorted(torch_order) == sorted(onnx_order) == list(range(len(unique[:100])))
+    # the same order, except that candidates whose fused scores are equal to float32 precision may swap
+    by_index = {x["index"]: x["score"] for x in out["torch"]}
+    assert np.all(np.diff([by_index[i] for i in onnx_order]) <= 1e-6)
+    differ = [k for k, (a, b) in enumerate(zip(torch_order, onnx_order)) if a != b]
+    assert all(abs(by_index[torch_order[k]] - by_index[onnx_order[k]]) <= 1e-6 for k in differ)
+    assert torch_order[:10] == onnx_order[:10]
+    np.testing.assert_allclose([x["score"] for x in out["torch"]], [x["score"] for x in out["onnx"]], atol=1e-5)
+
+
+# --- ONNX over the model registry ---------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_exports_to_onnx_with_parity(name, tmp_path):
+    """Traced on 7 rows, checked on 64 (so the batch axis is really dynamic), probabilities within 1e-5."""
+    torch.manual_seed(0)
+    spec = make_spec()
+    model = build_model(name, spec, 8, {}).eval()
+    b, _ = make_batch(spec, 64, 1)
+    enc = EncodedSplit(b.categorical.numpy(), b.numeric.numpy(), {k: v.numpy() for k, v in b.sequences.items()},
+                       b.scenario.numpy(), np.zeros((64, 0), np.float32), None)
+    export_onnx(model, tmp_path / "m.onnx", encoded_inputs(enc, spec))
+    check = onnx_parity(model, tmp_path / "m.onnx", enc)
+    assert check["rows"] == 64 and check["max_abs_diff"] <= ONNX_TOLERANCE, check
+
+
+# --- fuzzing the served OpenAPI -------------------------------------------------------------------
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served_schema(trained):
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app([trained["bundle"]]))
+
+
+fuzzed = schemathesis.pytest.from_fixture("served_schema")
+
+
+@fuzzed.parametrize()
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_schemathesis_finds_no_server_error(case):
+    """Generated valid and invalid requests against every documented operation: never a 5xx."""
+    case.call_and_validate(checks=[not_a_server_error])
