@@ -27,7 +27,7 @@ import torch
 from polyrec import __version__
 from polyrec.data.encoders import EncodedSplit, Encoders
 from polyrec.errors import PolyrecError
-from polyrec.models import ModelSpec, build_model
+from polyrec.models import ModelSpec
 from polyrec.models.base import Head, MultiTaskModel
 from polyrec.utils.io import atomic_directory, atomic_write_text, read_json
 
@@ -262,7 +262,7 @@ def _export_checked(run: Any, spec_info: dict[str, Any], rows: pa.Table | None, 
 # --- load -------------------------------------------------------------------------------------
 def load_bundle(path: str | Path) -> Bundle:
     """A bundle folder -> model (eval mode), encoders, metadata. Needs no run folder and no data."""
-    from polyrec.train.run import load_state
+    from polyrec.train.run import rebuild_model
 
     path = Path(path)
     if not path.is_dir():
@@ -273,12 +273,5 @@ def load_bundle(path: str | Path) -> Bundle:
     info = read_json(path / "bundle.json")
     if info.get("format") != BUNDLE_FORMAT:
         raise PolyrecError(f"{path}: bundle format {info.get('format')!r} is not {BUNDLE_FORMAT}; re-export it.")
-    spec_info = read_json(path / "spec.json")
-    try:
-        spec = ModelSpec.from_dict(spec_info["spec"])
-        model = build_model(spec_info["model"], spec, spec_info["embed_dim"], spec_info["params"])
-    except (KeyError, TypeError) as exc:
-        raise PolyrecError(f"{path / 'spec.json'} is damaged (no valid {exc}); re-export the bundle.") from None
-    load_state(model, path / "model.safetensors")
-    model.eval()
+    spec, model = rebuild_model(path / "spec.json", path / "model.safetensors", "re-export the bundle")
     return Bundle(path, info, Encoders.load(path / "encoders.json"), spec, model, read_json(path / "metrics.json"))

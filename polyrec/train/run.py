@@ -213,15 +213,21 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         if not (run_dir / name).exists():
             raise PolyrecError(f"{run_dir} is not a finished polyrec run: {name} is missing.")
     cfg = load_config(run_dir / "config.yaml")
-    info = read_json(run_dir / "spec.json")
+    spec, model = rebuild_model(run_dir / "spec.json", run_dir / WEIGHTS, "retrain the run")
+    return LoadedRun(run_dir, cfg, Encoders.load(run_dir / "encoders.json"), spec, model)
+
+
+def rebuild_model(spec_path: Path, weights: Path, remedy: str) -> tuple[ModelSpec, MultiTaskModel]:
+    """The model a spec.json describes, with its weights, in eval mode (run folders and bundles alike);
+    a damaged spec or weights that do not fit are one line naming the file and `remedy`."""
+    info = read_json(spec_path)
     try:
         spec = ModelSpec.from_dict(info["spec"])
         model = build_model(info["model"], spec, info["embed_dim"], info["params"])
     except (KeyError, TypeError) as exc:
-        raise PolyrecError(f"{run_dir / 'spec.json'} is damaged (no valid {exc}); retrain the run.") from None
-    load_state(model, run_dir / WEIGHTS)
-    model.eval()
-    return LoadedRun(run_dir, cfg, Encoders.load(run_dir / "encoders.json"), spec, model)
+        raise PolyrecError(f"{spec_path} is damaged (no valid {exc}); {remedy}.") from None
+    load_state(model, weights)
+    return spec, model.eval()
 
 
 def load_state(model: torch.nn.Module, path: Path) -> None:
