@@ -470,12 +470,8 @@ class Experiment:
         return out
 
 
-def _load_yaml(path: Path, what: str) -> Any:
-    return read_yaml(path, what)
-
-
 def _load_config_file(path: Path) -> dict[str, Any]:
-    loaded = _load_yaml(path, "Config file") or {}
+    loaded = read_yaml(path, "Config file") or {}
     if not isinstance(loaded, dict):
         raise PolyrecError(f"Config file {path} must hold a mapping with sections data/model/train.")
     return loaded
@@ -499,7 +495,7 @@ def build_experiment(
     yaml_dir = Path(".")
     if experiment is not None:
         path = Path(experiment)
-        spec = _load_yaml(path, "Experiment file") or {}
+        spec = read_yaml(path, "Experiment file") or {}
         if not isinstance(spec, dict):
             raise PolyrecError(f"Experiment file {path} must hold a mapping (datasets, seeds, rows, ...).")
         unknown = [k for k in spec if k not in EXPERIMENT_KEYS]

@@ -1,4 +1,4 @@
-"""Reading raw files once with pyarrow: delimited text (plain or gzip, any separator) and Parquet."""
+"""Reading raw recipe files once with pyarrow: delimited text (plain or gzip, any separator)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from polyrec.errors import PolyrecError
 
@@ -54,20 +53,3 @@ def read_delimited(
         table = pa.table({c: pc.utf8_trim_whitespace(table[c]) if pa.types.is_string(table[c].type) else table[c]
                           for c in table.column_names})
     return table
-
-
-def read_table(path: str | Path) -> pa.Table:
-    """A user-supplied table: Parquet, CSV or TSV (types inferred)."""
-    path = Path(path)
-    if not path.exists():
-        raise PolyrecError(f"Input file not found: {path}")
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pq.read_table(path)
-        if suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt"):
-            delim = "\t" if ".tsv" in suffix else ","
-            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise PolyrecError(f"Could not read {path}: {exc}") from None
-    raise PolyrecError(f"Unsupported input format {path.suffix!r} for {path}: use .parquet, .csv or .tsv")

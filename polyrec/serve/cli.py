@@ -28,7 +28,6 @@ def export_command(run_dir: Path, out: Path, onnx: bool, rows: Path | None, name
                    weights: str | None, log: Callable[[str], None]) -> None:
     from pydantic import ValidationError
 
-    from polyrec.data.io import read_table
     from polyrec.serve.bundle import export_bundle
     from polyrec.serve.fusion import Fusion
 
@@ -36,7 +35,13 @@ def export_command(run_dir: Path, out: Path, onnx: bool, rows: Path | None, name
         spec = Fusion(method=fusion, weights=parse_weights(weights)).model_dump()  # type: ignore[arg-type]
     except ValidationError:
         raise PolyrecError(f"--fusion must be product or sum and --weights non-negative, got {fusion!r}, {weights!r}.") from None
-    table = read_table(rows) if rows is not None else None
+    if rows is not None:  # read as `polyrec predict` reads its input: ids as strings, the training read options
+        from polyrec.serve.predict import read_input
+        from polyrec.train.run import load_run
+
+        table = read_input(load_run(run_dir), rows)
+    else:
+        table = None
     info = export_bundle(run_dir, out, onnx=onnx, rows=table, name=name, fusion=spec, log=log)
     log(f"bundle {info['name']!r} ({info['model']}, heads {[h['name'] for h in info['heads']]}) written to {out}")
     if info["onnx"]:

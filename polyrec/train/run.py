@@ -82,10 +82,9 @@ RUN_FILES = ("config.yaml", "encoders.json", "schema.yaml", "spec.json", "metric
 
 
 def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None] = print) -> bool:
-    """Validate the config, and refuse to overwrite a run or to resume a different one (or from a damaged
-    checkpoint). A folder whose run never finished an epoch (config.yaml, no checkpoint, no metrics.json)
-    is started again from scratch, with or without --resume. Returns whether training resumes."""
-    validate_config(cfg)
+    """Refuse to overwrite a run or to resume a different one (or from a damaged checkpoint); the caller has
+    validated the config. A folder whose run never finished an epoch (config.yaml, no checkpoint, no
+    metrics.json) is started again from scratch, with or without --resume. Returns whether training resumes."""
     started = (run_dir / CHECKPOINT).exists() or (run_dir / "metrics.json").exists()
     if resume and not (run_dir / CHECKPOINT).exists():
         if started or not (run_dir / "config.yaml").exists():
