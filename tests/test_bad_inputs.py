@@ -270,9 +270,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 90) -> None:
 
 
 def test_second_training_into_a_held_folder_exits_at_once_and_the_first_finishes(tiny_data, tmp_path):
-    out = tmp_path / "run"
+    out, release = tmp_path / "run", tmp_path / "release"
     first = subprocess.Popen(_tiny_cli(tiny_data, "train", *TINY[:-1], "8", "--set", "train.patience=0",
-                                       "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                       "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "TINY_CLI_HOLD_UNTIL": str(release)})  # holds until released
     try:
         _wait_for(out / ".polyrec.lock", first)
         t0 = time.monotonic()
@@ -282,6 +283,7 @@ def test_second_training_into_a_held_folder_exits_at_once_and_the_first_finishes
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"is in use by pid {first.pid}" in _norm(second.stderr) and "polyrec train" in second.stderr
         assert time.monotonic() - t0 < 30  # at once: no data preparation, no waiting
+        release.touch()  # the first run goes on to train
         output, _ = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
@@ -299,7 +301,9 @@ def test_kill_9_then_resume_is_bit_identical(tiny_data, tmp_path):
                           timeout=120).returncode == 0
     cut = tmp_path / "cut"
     proc = subprocess.Popen(_tiny_cli(tiny_data, *args, "--out", str(cut)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,  # waits before epoch 3: killed there
+                            env={**os.environ, "TINY_CLI_HOLD_UNTIL": str(tmp_path / "never"),
+                                 "TINY_CLI_HOLD_EPOCH": "3"})
     try:
         deadline = time.monotonic() + 90
         while not (cut / "metrics.jsonl").exists() or len((cut / "metrics.jsonl").read_text().splitlines()) < 2:
