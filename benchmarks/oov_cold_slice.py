@@ -37,7 +37,7 @@ from polyrec.config import load_config
 from polyrec.metrics.functions import auc, logloss
 from polyrec.recipes.prepare import get_recipe, prepare
 from polyrec.serve.predict import predict_table
-from polyrec.train.run import train_run
+from polyrec.runs import train_run
 
 ID_FIELDS = ("user_id", "item_id")
 

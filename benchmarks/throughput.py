@@ -275,7 +275,7 @@ def worker_polyrec(args) -> None:
     from polyrec.balance import build_balancer
     from polyrec.config import TrainConfig
     from polyrec.data.batching import TensorTable
-    from polyrec.train.trainer import Trainer, predict_scores
+    from polyrec.train.trainer import Trainer, predict_scores, table_evaluator
 
     probe_start = _probe_gflops()
     cpu0 = _cpu_snapshot()
@@ -289,10 +289,11 @@ def worker_polyrec(args) -> None:
     cfg = TrainConfig(batch_size=args.batch_size, eval_batch_size=args.batch_size, epochs=args.epochs,
                       lr=args.lr, patience=0, progress=False, threads=args.threads, seed=args.seed)
     trainer = Trainer(model, cfg, build_balancer("sum", [h.name for h in model.heads], {}),
+                      table_evaluator(model, tables["val"], cfg.eval_batch_size, spec.scenario_names),
                       run_dir=None, log=lambda s: None)
     clock = StepClock()
     t0 = time.perf_counter()
-    fit = trainer.fit(tables["train"], tables["val"], spec.scenario_names)
+    fit = trainer.fit(tables["train"])
     fit_wall = time.perf_counter() - t0
     n_train, n_test = len(tables["train"]), len(tables["test"])
     steps = clock.summary(n_train, args.batch_size, args.epochs)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from polyrec.config import load_config
 from polyrec.topk.data import load_topk
 from polyrec.topk.trainer import evaluate_topk
 
@@ -43,8 +44,9 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     for split in args.splits.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            data = load_topk(args.dataset, tasks=["like", "click"], split=split, seed=seed, with_kg=False,
-                             log=lambda *_: None)
+            cfg = load_config(None, [f"data.dataset={args.dataset}", "data.tasks=[like,click]", f"data.split={split}",
+                                     f"train.seed={seed}", "topk.kg=false"], base={"topk": {}})
+            data = load_topk(cfg, log=lambda *_: None)
             train = data.splits["train"]
             scores = popularity_scores(train.item, train.labels[:, 0], data.n_users, data.n_items)
             out = evaluate_topk(None, data, "test", ks, scores=scores)  # type: ignore[arg-type]

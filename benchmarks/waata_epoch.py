@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from polyrec.config import load_config
-from polyrec.train.run import train_run
+from polyrec.runs import train_run
 
 TARGET_S = 60.0
 

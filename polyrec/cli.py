@@ -141,7 +141,7 @@ def train(
 
     Your own data: polyrec train --data events.csv --schema schema.yaml [--val v.csv --test t.csv]."""
     from polyrec.config import load_config
-    from polyrec.train.run import train_run
+    from polyrec.runs import train_run
 
     if resume:
         if out is None:
@@ -157,7 +157,7 @@ def train(
             if value is not None:
                 overrides.append(f"{key}={value}")
         cfg = load_config(config, overrides, base={"topk": {}} if topk else None)
-        from polyrec.train.run import validate_config
+        from polyrec.runs import validate_config
 
         validate_config(cfg)  # fail fast on unknown names, before any data work
         if out is None:
@@ -169,7 +169,7 @@ def train(
                        progress_factory=_progress_factory(cfg.train.progress and not quiet))
     m = result.metrics
     console.print(f"best epoch {m['best_epoch']} of {m['epochs_run']} (val {m['monitor']} = {m['best_val_monitor']:.4f})")
-    table = topk_table if m.get("kind") == "topk" else metrics_table
+    table = topk_table if cfg.kind == "topk" else metrics_table
     console.print(table(m["test"], f"{m['dataset']} / {m['model']}: test metrics"))
     console.print(f"saved: {out}/metrics.json, {out}/model.safetensors")
 
@@ -181,13 +181,13 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Re-evaluate a trained run on a split of its dataset."""
-    from polyrec.train.run import evaluate_run
+    from polyrec.runs import evaluate_run, kind_of_folder
 
     metrics = evaluate_run(run_dir, split, log=err_console.print)
     if json_out:
         console.print_json(json.dumps(metrics))
     else:
-        table = topk_table if "ranking" in metrics else metrics_table
+        table = topk_table if kind_of_folder(run_dir).name == "topk" else metrics_table
         console.print(table(metrics, f"{run_dir}: {split} metrics"))
 
 
@@ -408,7 +408,7 @@ def tune(
 ) -> None:
     """Search hyper-parameters with Optuna on the validation split; resumable; writes best.yaml for `train`."""
     from polyrec.config import load_config
-    from polyrec.train.run import validate_config
+    from polyrec.runs import validate_config
     from polyrec.tune import tune as run_study
 
     overrides = list(set_ or [])
@@ -467,13 +467,15 @@ def bench(
     experiment: Annotated[Optional[Path], typer.Option(help="Experiment YAML (datasets, seeds, base, rows, "
                                                             "optimizers, dataset_set); options above override it.")] = None,
     report: Annotated[bool, typer.Option(help="Write report.html at the end (needs matplotlib).")] = True,
+    topk: Annotated[bool, typer.Option("--topk", help="Top-K runs (rank all items; Recall/NDCG@K), as a `topk:` "
+                                       "section in the base config.")] = False,
 ) -> None:
     """Benchmark rows x datasets x seeds; aggregate mean ± std with paired significance tests.
 
     Exit code 1 when some run failed (its error.json says why; the others are aggregated)."""
     from polyrec.bench.runner import bench_command
 
-    code = bench_command(dataset, models, seeds, config, set_, optimizers, out, experiment, report=report)
+    code = bench_command(dataset, models, seeds, config, set_, optimizers, out, experiment, report=report, topk=topk)
     if code:
         raise typer.Exit(code)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,24 @@ def register_tiny_recipes(folder: Path) -> dict[str, "TinyRecipe"]:
     recipes["tiny-onelike"].name = "tiny-onelike"
     RECIPES.update(recipes)
     return recipes
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """polyrec.cli.main in this process (so the tiny recipes are registered): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from polyrec.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["polyrec", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()

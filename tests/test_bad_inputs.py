@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import register_tiny_recipes
+from helpers import register_tiny_recipes, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLI = Path(__file__).resolve().parent / "tiny_cli.py"
@@ -136,27 +136,6 @@ def finished_run(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, _, err = run_cli("train", *TINY, "--out", str(run))
     assert code == 0, err
     return run
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """polyrec.cli.main in this process (so the tiny recipes are registered): exit code, stdout, stderr."""
-    import contextlib
-    import io
-
-    from polyrec.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["polyrec", *args]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 def _setup(kind: str, tmp: Path, finished: Path) -> dict[str, str]:
@@ -364,7 +343,7 @@ def test_wall_seconds_of_a_resumed_run_count_every_session(tiny_data, tmp_path):
 
 
 def test_os_errors_are_one_line_and_bugs_say_so(monkeypatch, tiny_data):
-    import polyrec.train.run as run_module
+    import polyrec.runs as run_module
 
     def disk_full(*_a, **_k):
         raise OSError(28, "No space left on device", "/data/cache")

@@ -557,7 +557,7 @@ def test_trainer_resume_with_each_balancer_replays_the_uninterrupted_run(name, t
 
     from helpers import quiet
     from polyrec.config import load_config
-    from polyrec.train.run import train_run
+    from polyrec.runs import train_run
     from polyrec.train.trainer import Trainer
 
     cfg = load_config(None, [

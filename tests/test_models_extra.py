@@ -20,7 +20,7 @@ from polyrec.models import build_model
 from polyrec.models.fdn import orthogonality
 from polyrec.models.spec import TaskInfo
 from polyrec.train.losses import HeadLosses
-from polyrec.train.trainer import Trainer
+from polyrec.train.trainer import Trainer, table_evaluator
 
 EMBED = 8
 # every model, plus the non-default variants that change the computation
@@ -385,7 +385,8 @@ def test_trains_through_the_trainer_without_nan(name, params):
                       log_every=5, seed=3)
     balancer = build_balancer("sum", [h.name for h in model.heads if h.train], {})
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = Trainer(model, cfg, balancer, run_dir=None, log=quiet).fit(train, val, spec.scenario_names)
+    evaluate = table_evaluator(model, val, cfg.eval_batch_size, spec.scenario_names)
+    result = Trainer(model, cfg, balancer, evaluate, run_dir=None, log=quiet).fit(train)
     assert len(result.history) == 3
     for record in result.history:
         assert all(math.isfinite(v) for v in record["train_loss"].values())

@@ -15,7 +15,8 @@ from polyrec.config import load_config
 from polyrec.data.batching import TensorTable
 from polyrec.metrics.report import evaluate
 from polyrec.recipes.prepare import prepare
-from polyrec.train.run import load_run, train_run
+from polyrec.runs import train_run
+from polyrec.train.run import load_run
 from polyrec.train.trainer import predict_scores
 
 pytestmark = pytest.mark.slow

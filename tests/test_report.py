@@ -24,7 +24,7 @@ from torch import nn
 from helpers import quiet, require_dataset
 from polyrec.balance.base import BALANCERS, Balancer
 from polyrec.config import load_config
-from polyrec.train.run import train_run
+from polyrec.runs import train_run
 
 pytest.importorskip("matplotlib", reason="the report draws its figures with matplotlib (pip install matplotlib)")
 

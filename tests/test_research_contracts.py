@@ -90,7 +90,7 @@ def test_balancers_learn_task_kinds_from_the_heads_in_a_real_run(tiny_recipe, tm
 
     import polyrec.balance.uncertainty as uncertainty
     from polyrec.config import load_config
-    from polyrec.train.run import train_run
+    from polyrec.runs import train_run
 
     seen: list[list[str]] = []
     original = uncertainty.UncertaintyBalancer.__init__

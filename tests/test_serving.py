@@ -30,7 +30,7 @@ from polyrec.serve.bundle import (  # noqa: E402
 from polyrec.serve.deps import need  # noqa: E402
 from polyrec.serve.predict import predict_table  # noqa: E402
 from polyrec.settings import cache_dir  # noqa: E402
-from polyrec.train.run import train_run  # noqa: E402
+from polyrec.runs import train_run  # noqa: E402
 
 NAME = "tiny"
 

@@ -9,23 +9,31 @@ import numpy as np
 import pytest
 from helpers import quiet, require_dataset
 
+from polyrec.config import load_config
+from polyrec.data.kg_files import load_kg_files
+from polyrec.data.split import temporal_split
 from polyrec.errors import PolyrecError
-from polyrec.topk.data import load_topk, temporal_split
-from polyrec.topk.kg import build_ckg, load_kg_files
+from polyrec.topk.data import load_topk
+from polyrec.topk.kg import build_ckg
 from polyrec.topk.negatives import NegativeSampler
 from polyrec.topk.types import Interactions
+
+
+def topk_data(*sets: str, download: bool = False):
+    """Top-K data of a config given as --set assignments (default dataset: movielens-100k)."""
+    return load_topk(load_config(None, list(sets), base={"topk": {}}), download=download, log=quiet)
 
 
 @pytest.fixture(scope="module")
 def ml100k(polyrec_env):
     require_dataset("movielens-100k")
-    return load_topk("movielens-100k", download=False, log=quiet)
+    return topk_data()
 
 
 @pytest.fixture(scope="module")
 def ml100k_temporal(polyrec_env):
     require_dataset("movielens-100k")
-    return load_topk("movielens-100k", split="temporal", with_kg=False, download=False, log=quiet)
+    return topk_data("data.split=temporal", "topk.kg=false")
 
 
 def keys(inter: Interactions, n_items: int) -> np.ndarray:
@@ -62,8 +70,8 @@ def test_random_split_disjoint_and_seeded(ml100k):
     d = ml100k
     all_keys = np.concatenate([keys(s, d.n_items) for s in d.splits.values()])
     assert np.unique(all_keys).size == 100_000  # ml-100k has one rating per (user, item): splits are disjoint
-    again = load_topk("movielens-100k", with_kg=False, download=False, log=quiet)
-    other = load_topk("movielens-100k", with_kg=False, seed=1, download=False, log=quiet)
+    again = topk_data("topk.kg=false")
+    other = topk_data("topk.kg=false", "train.seed=1")
     for name in ("train", "val", "test"):
         assert np.array_equal(keys(again.splits[name], d.n_items), keys(d.splits[name], d.n_items))
     assert not np.array_equal(keys(other.splits["test"], d.n_items), keys(d.splits["test"], d.n_items))
@@ -98,7 +106,10 @@ def test_temporal_rounding_small_histories():
     counts = [1, 2, 3, 4, 5, 10]
     user = np.repeat(np.arange(len(counts)), counts)[::-1].copy()  # rows not grouped by user
     ts = np.zeros(len(user), dtype=np.int64)  # all tied: file order decides
-    part = temporal_split(user, ts, (0.6, 0.2, 0.2))
+    split = temporal_split(user, ts, (0.6, 0.2, 0.2))
+    part = np.empty(len(user), dtype=np.int64)
+    for k, name in enumerate(("train", "val", "test")):
+        part[split[name]] = k
     per_user = {u: np.bincount(part[user == u], minlength=3).tolist() for u in range(len(counts))}
     assert per_user == {0: [1, 0, 0], 1: [1, 0, 1], 2: [1, 1, 1], 3: [2, 1, 1], 4: [3, 1, 1], 5: [6, 2, 2]}
     rows = np.flatnonzero(user == 5)  # ties keep file order: the first rows train, the last rows test
@@ -106,26 +117,26 @@ def test_temporal_rounding_small_histories():
 
 
 def test_task_selection_and_errors(ml100k):
-    swapped = load_topk("movielens-100k", tasks=["click", "like"], with_kg=False, download=False, log=quiet)
+    swapped = topk_data("data.tasks=[click,like]", "topk.kg=false")
     assert swapped.task_names == ["click", "like"]
     assert np.array_equal(swapped.splits["train"].labels[:, ::-1], ml100k.splits["train"].labels)
-    with pytest.raises(PolyrecError, match="like, click"):
-        load_topk("movielens-100k", tasks=["buy"], download=False, log=quiet)
+    with pytest.raises(PolyrecError, match="lacks column.*'buy'"):
+        topk_data("data.tasks=[buy]")
     with pytest.raises(PolyrecError, match="movielens-100k"):
-        load_topk("movielens-20m", download=False, log=quiet)
-    with pytest.raises(PolyrecError, match="sum to 1"):
-        load_topk("movielens-100k", ratios=(0.5, 0.2, 0.2), download=False, log=quiet)
-    with pytest.raises(PolyrecError, match="positive"):
-        load_topk("movielens-100k", ratios=(0.8, 0.2, 0.0), download=False, log=quiet)
+        topk_data("data.dataset=movielens-20m")
+    with pytest.raises(PolyrecError, match="summing to 1"):
+        topk_data("data.ratios=[0.5,0.2,0.2]")
+    with pytest.raises(PolyrecError, match="each > 0"):
+        topk_data("data.ratios=[0.8,0.2,0.0]")
     with pytest.raises(PolyrecError, match="split"):
-        load_topk("movielens-100k", split="leave-one-out", download=False, log=quiet)  # type: ignore[arg-type]
+        topk_data("data.split=leave-one-out")
 
 
 def test_missing_kg_files_are_named(tmp_path, monkeypatch, ml100k):
     _kg_only_folder(tmp_path, monkeypatch)
     with pytest.raises(PolyrecError, match=r"ml-100k\.kg.*ml-100k\.link"):
-        load_topk("movielens-100k", download=False, log=quiet)
-    assert load_topk("movielens-100k", with_kg=False, download=False, log=quiet).graph is None
+        topk_data()
+    assert topk_data("topk.kg=false").graph is None
 
 
 def _kg_only_folder(tmp_path, monkeypatch):
@@ -159,7 +170,7 @@ def test_missing_kg_files_are_downloaded_and_checked(tmp_path, monkeypatch, ml10
     asked = []
     wheel = _fake_recbole_wheel(tmp_path, src)
     monkeypatch.setattr(movielens, "pip_wheel", lambda req, log=print: asked.append(req) or wheel)
-    data = load_topk("movielens-100k", download=True, log=quiet)
+    data = topk_data(download=True)
     assert asked == ["recbole==1.2.1"]
     assert data.graph is not None and data.meta["kg"] == ml100k.meta["kg"]
     for name in ("ml-100k.kg", "ml-100k.link"):
@@ -170,7 +181,7 @@ def test_missing_kg_files_are_downloaded_and_checked(tmp_path, monkeypatch, ml10
     bad = _fake_recbole_wheel(tmp_path, src, tamper=True)
     monkeypatch.setattr(movielens, "pip_wheel", lambda req, log=print: bad)
     with pytest.raises(PolyrecError, match=r"ml-100k\.link failed its checksum"):
-        load_topk("movielens-100k", download=True, log=quiet)
+        topk_data(download=True)
     assert not (tmp_path / "data" / "ml-100k" / "ml-100k.link").exists()
 
 
@@ -183,7 +194,7 @@ def test_movielens_1m_has_no_graph(tmp_path, monkeypatch):
     (d / "ratings.dat").write_text("1::1::5::978300760\n1::10::3::978300761\n2::1::4::978300762\n"
                                    "2::10::2::978300763\n")
     monkeypatch.setenv("POLYREC_DATA", str(tmp_path))
-    data = load_topk("movielens-1m", download=False, log=quiet)
+    data = topk_data("data.dataset=movielens-1m")
     assert data.graph is None and any("no knowledge graph" in n for n in data.meta["notes"])
     assert data.item_ids == ["1", "2", "10"] and data.item_titles[1] == "Jumanji (1995)"  # unrated item kept
     assert data.n_users == 2 and sum(len(s) for s in data.splits.values()) == 4
@@ -194,23 +205,27 @@ def test_movielens_1m_has_no_graph(tmp_path, monkeypatch):
                                     "m.toy\tfilm.director\tm.lasseter\n")
     (tmp_path / "my.link").write_text("item_id:token\tentity_id:token\n1\tm.toy\n10\tm.golden\n")
     files = (tmp_path / "my.kg", tmp_path / "my.link")
-    data = load_topk("movielens-1m", download=False, log=quiet, kg_files=files)
+    data = topk_data("data.dataset=movielens-1m", *kg(*files))
     assert data.graph is not None and data.meta["kg"]["n_kg_triples"] == 3
     assert data.meta["kg"]["items_with_link"] == 2 and data.meta["kg"]["items_with_kg_edges"] == 2
     assert data.graph.n_entities == 3 + 3 + 2  # items, the three unlinked entities, users
-    assert load_topk("movielens-1m", download=False, log=quiet, kg_files=files, with_kg=False).graph is None
+    assert topk_data("data.dataset=movielens-1m", "topk.kg=false").graph is None
     # ids from another dataset link nothing: an error, not a graph without item edges
     (tmp_path / "other.link").write_text("item_id:token\tentity_id:token\n501\tm.toy\n")
-    with pytest.raises(PolyrecError, match="reaches none of movielens-1m's 3 items"):
-        load_topk("movielens-1m", download=False, log=quiet, kg_files=(files[0], tmp_path / "other.link"))
+    with pytest.raises(PolyrecError, match="reaches none of the 3 items"):
+        topk_data("data.dataset=movielens-1m", *kg(files[0], tmp_path / "other.link"))
     with pytest.raises(PolyrecError, match="link file .*nope.link"):
-        load_topk("movielens-1m", download=False, log=quiet, kg_files=(files[0], tmp_path / "nope.link"))
+        topk_data("data.dataset=movielens-1m", *kg(files[0], tmp_path / "nope.link"))
+
+
+def kg(triples, links) -> list[str]:
+    return [f"topk.kg_triples={triples}", f"topk.kg_links={links}"]
 
 
 def test_kg_files_config_goes_together():
     from polyrec.config import TopKConfig
 
-    assert TopKConfig(kg_triples="a.kg", kg_links="a.link").kg_links == "a.link"
+    assert TopKConfig(kg_triples="a.kg", kg_links="a.link").kg_links.endswith("/a.link")  # absolute: runs work from anywhere
     with pytest.raises(ValueError, match="go together"):
         TopKConfig(kg_triples="a.kg")
     with pytest.raises(ValueError, match="contradicts"):
@@ -225,7 +240,7 @@ def test_nan_ratings_are_rejected(tmp_path, monkeypatch):
     (d / "ratings.dat").write_text("1::1::nan::978300760\n")
     monkeypatch.setenv("POLYREC_DATA", str(tmp_path))
     with pytest.raises(PolyrecError, match="NaN"):
-        load_topk("movielens-1m", download=False, log=quiet)
+        topk_data("data.dataset=movielens-1m")
 
 
 # --- collaborative knowledge graph ------------------------------------------------------------------

@@ -14,7 +14,7 @@ from polyrec.errors import PolyrecError
 from polyrec.topk.kg import build_ckg
 from polyrec.topk.types import Interactions, TopKData
 from polyrec.train.checkpoint import load_checkpoint
-from polyrec.train.run import evaluate_run, train_run
+from polyrec.runs import evaluate_run, train_run
 from polyrec.train.trainer import CHECKPOINT, Trainer
 
 N_USERS, N_ITEMS = 24, 30
@@ -39,7 +39,7 @@ def tiny_data(seed: int = 0) -> TopKData:
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: tiny_data())
+    monkeypatch.setattr(topk_run, "load_topk", lambda cfg, download=True, log=print: tiny_data())
 
 
 def cfg(model: str, *sets: str, **params):
@@ -151,7 +151,7 @@ def test_loading_refuses_a_changed_index(tiny, tmp_path, monkeypatch):
     train_run(cfg("mf"), tmp_path / "run", log=quiet)
     other = tiny_data()
     other.n_items += 1
-    monkeypatch.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: other)
+    monkeypatch.setattr(topk_run, "load_topk", lambda cfg, download=True, log=print: other)
     with pytest.raises(PolyrecError, match="differently"):
         topk_run.load_topk_run(tmp_path / "run", log=quiet)
 
@@ -159,7 +159,7 @@ def test_loading_refuses_a_changed_index(tiny, tmp_path, monkeypatch):
 def test_graph_model_without_graph_is_a_clear_error(tmp_path, monkeypatch):
     data = tiny_data()
     data.graph = None
-    monkeypatch.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: data)
+    monkeypatch.setattr(topk_run, "load_topk", lambda cfg, download=True, log=print: data)
     with pytest.raises(PolyrecError, match="knowledge graph"):
         train_run(cfg("kgat", **SMALL_GRAPH), tmp_path / "run", log=quiet)
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import quiet
 from polyrec.config import load_config
 from polyrec.train import tracking
-from polyrec.train.run import train_run
+from polyrec.runs import train_run
 from polyrec.train.tracking import TB_DIR, chain_callbacks
 
 

@@ -13,7 +13,8 @@ from helpers import nan_equal, quiet
 from polyrec.config import load_config
 from polyrec.train import trainer as trainer_mod
 from polyrec.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from polyrec.train.run import load_run, train_run
+from polyrec.runs import train_run
+from polyrec.train.run import load_run
 from polyrec.train.trainer import CHECKPOINT, WEIGHTS, Trainer, evaluate_table
 
 

@@ -36,7 +36,7 @@ from polyrec.bench.spec import Experiment, Row
 from polyrec.config import RunConfig, config_differences, load_config
 from polyrec.errors import PolyrecError
 from polyrec.metrics.topk import headline_key
-from polyrec.train.run import train_run
+from polyrec.runs import train_run
 from polyrec.train.trainer import CHECKPOINT
 from polyrec.utils.io import atomic_write_text
 from polyrec.utils.io import read_json_or_none as _read_json
@@ -335,14 +335,14 @@ def _run_bench(exp: Experiment, bench_dir: Path, echo: Echo, report: bool) -> Be
 
 def bench_command(dataset: str | None, models: str | None, seeds: str | None, config: Path | None,
                   overrides: list[str] | None, optimizers: str | None, out: Path | None,
-                  experiment: Path | None, echo: Echo = _print, report: bool = True) -> int:
+                  experiment: Path | None, echo: Echo = _print, report: bool = True, topk: bool = False) -> int:
     """`polyrec bench`: returns the exit code (0: every run finished; 1: some failed)."""
     import shlex
 
     from polyrec.bench.spec import build_experiment
 
     argv = ["polyrec", *sys.argv[1:]]
-    exp = build_experiment(experiment, dataset, models, seeds, config, overrides, optimizers, command=argv)
+    exp = build_experiment(experiment, dataset, models, seeds, config, overrides, optimizers, command=argv, topk=topk)
     if out is None:
         out = Path("bench") / datetime.now().strftime("%Y%m%d-%H%M%S")
         echo(f"bench folder: {out}  (to finish an interrupted bench: "

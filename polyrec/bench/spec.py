@@ -487,10 +487,11 @@ def build_experiment(
     optimizers: str | None = None,
     command: list[str] | None = None,
     default_seeds: int = 5,
+    topk: bool = False,
 ) -> Experiment:
     """The experiment from an optional YAML file and command-line options (which replace the YAML's
     datasets/rows/seeds/optimizers when given; --config is merged over the YAML's config and base, and
-    --set over its `set`)."""
+    --set over its `set`). `topk`: every run is a top-K run (as a `topk:` section in the base)."""
     spec: dict[str, Any] = {}
     yaml_dir = Path(".")
     if experiment is not None:
@@ -555,6 +556,8 @@ def build_experiment(
     if config is not None:
         base = _merge(base, _load_config_file(Path(config)))
         files.append(str(config))
+    if topk:
+        base.setdefault("topk", {})
     for k in base:
         if k not in SECTIONS:
             raise PolyrecError(f"Unknown config section {k!r} in the base config.{close_matches(str(k), SECTIONS)}")

@@ -55,6 +55,8 @@ def derived_needs(schema: Schema, with_labels: bool = True) -> list[str]:
     need = schema.input_columns() + (schema.label_columns() if with_labels else [])
     if schema.time and with_labels:
         need.append(schema.time)
+    if schema.filter and with_labels:
+        need += _sql(schema.filter, "filter").meta.root_names()
     inputs = expression_inputs(schema)
     for name in reversed(list(schema.derive)):
         if not with_labels and name in labels:
@@ -157,6 +159,23 @@ def _bucket(values: np.ndarray, spec: DerivedColumn) -> pa.Array:
     return pc.if_else(pa.array(np.isnan(x)), pa.scalar(None, pa.string()), out)
 
 
+def check_label_inputs(table: pa.Table, schema: Schema, where: str) -> None:
+    """A label derived from a missing value would be silently 0 or 1 (`NaN >= 4` is true in polars): an error,
+    checked on the rows that are kept (after the filter)."""
+    labels = set(schema.label_columns())
+    for name, inputs in expression_inputs(schema).items():
+        if name not in labels:
+            continue
+        for col in inputs:
+            if col not in table.column_names:
+                continue
+            c = table[col]
+            bad = c.null_count + (int(pc.sum(pc.is_nan(c)).as_py() or 0) if pa.types.is_floating(c.type) else 0)
+            if bad:
+                raise PolyrecError(f"{where}: label {name!r} is derived from column {col!r}, which has {bad} missing "
+                                   "or NaN values; fix or drop those rows (a schema `filter:` can drop them).")
+
+
 def derive_columns(table: pa.Table, schema: Schema, where: str, with_labels: bool = True) -> pa.Table:
     """Add the schema's derived columns in order. Without labels (prediction), label columns are skipped."""
     if not schema.derive:
@@ -204,8 +223,29 @@ def derive_columns(table: pa.Table, schema: Schema, where: str, with_labels: boo
     return table
 
 
+def filter_rows(table: pa.Table, expr: str, where: str) -> pa.Table:
+    """The rows where the boolean SQL expression `expr` holds (null counts as false)."""
+    pl = _polars()
+    e = _sql(expr, "filter")
+    missing = [c for c in e.meta.root_names() if c not in table.column_names]
+    if missing:
+        raise PolyrecError(f"{where}: the schema's filter {expr!r} needs missing column(s) {missing}."
+                           f"{close_matches(missing[0], table.column_names)}")
+    try:
+        keep = pl.from_arrow(table).select(e.cast(pl.Boolean).fill_null(False)).to_series().to_numpy()
+    except Exception as exc:
+        raise PolyrecError(f"{where}: the schema's filter {expr!r} failed ({str(exc).splitlines()[0]}).") from None
+    return table.filter(pa.array(keep.astype(bool)))
+
+
 def transform_raw(table: pa.Table, schema: Schema, where: str, with_labels: bool = True) -> pa.Table:
-    """The whole declarative step: aggregation (training data only) then derived columns."""
+    """The whole declarative step: aggregation, derived columns, then the row filter (the last and the first
+    on training data only: prediction rows are scored as they come)."""
     if schema.aggregate is not None and with_labels:
         table = aggregate(table, schema.aggregate, where, derived_needs(schema))
-    return derive_columns(table, schema, where, with_labels)
+    table = derive_columns(table, schema, where, with_labels)
+    if with_labels:
+        if schema.filter is not None:
+            table = filter_rows(table, schema.filter, where)
+        check_label_inputs(table, schema, where)
+    return table

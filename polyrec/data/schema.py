@@ -11,7 +11,8 @@ validation at prediction time. It is written in YAML (or built in Python) as::
     tasks:
       - {name: click, type: binary}       # label column = name unless `column:` is given
       - {name: rating, type: regression}
-    user: user_id                          # optional; enables gAUC
+    user: user_id                          # optional; enables gAUC (top-K runs need it)
+    item: item_id                          # optional; the ranked entity of top-K runs (and serving's /recommend)
     time: ts                               # optional; the time column of temporal splits
     derive:                                # optional; columns computed from raw ones (polars SQL)
       click: "rating >= 3"
@@ -20,6 +21,7 @@ validation at prediction time. It is written in YAML (or built in Python) as::
       by: [user_id, item_id]
       labels: {column: behavior, values: [cart, fav, buy], how: any}
       columns: {first_ts: {column: ts, how: min}}
+    filter: "behavior <> 'pv'"             # optional; training rows kept (polars SQL), after derive
 """
 
 from __future__ import annotations
@@ -181,9 +183,11 @@ class Schema(_Strict):
     tasks: list[TaskSpec] = Field(min_length=1)
     scenario: ScenarioSpec | None = None
     user: str | None = None
+    item: str | None = None  # the item column of top-K runs (user x item interactions)
     time: str | None = None  # the time column of temporal / leave-last-out splits
     derive: dict[str, str | DerivedColumn] = Field(default_factory=dict)  # computed in order, before splits
     aggregate: AggregateSpec | None = None  # applied to the raw rows before `derive`
+    filter: str | None = None  # a boolean SQL expression: training rows where it is false are dropped, before splits
 
     @model_validator(mode="after")
     def _check(self) -> "Schema":
@@ -225,6 +229,8 @@ class Schema(_Strict):
             cols.append(self.scenario.source)
         if self.user is not None:
             cols.append(self.user)
+        if self.item is not None:
+            cols.append(self.item)
         return list(dict.fromkeys(cols))
 
     def label_columns(self) -> list[str]:
@@ -237,6 +243,8 @@ class Schema(_Strict):
             cols.append(self.scenario.source)
         if self.user is not None:
             cols.append(self.user)
+        if self.item is not None:
+            cols.append(self.item)
         if self.aggregate is not None:
             cols += self.aggregate.by
         return list(dict.fromkeys(cols))

@@ -24,24 +24,27 @@ def random_split(n: int, ratios: tuple[float, float, float], seed: int) -> dict[
 def temporal_split(users: np.ndarray, times: np.ndarray, ratios: tuple[float, float, float]) -> dict[str, np.ndarray]:
     """Per user: the earliest interactions train, the next ones validate, the latest test.
 
-    Ties in time are broken by row order, so the split is deterministic.
+    Rows are ranked within their user by (time, row order), so ties keep file order. A user with c rows gets
+    train = ranks [0, a), val = [a, b), test = [b, c) where a = round(c * r_train) and
+    b = round(c * (r_train + r_val)), halves rounded up. Then, where possible, no split is left empty: c >= 3
+    clamps a to [1, c-2] and b to [a+1, c-1]; c == 2 gives one train and one test row (test is what is
+    reported); c == 1 is train only.
     """
     r = _check(ratios)
     n = len(users)
     order = np.lexsort((np.arange(n), times, users))
     u = users[order]
-    starts = np.r_[True, u[1:] != u[:-1]]
-    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    count = np.diff(np.r_[np.flatnonzero(starts), n])[np.cumsum(starts) - 1]
-    rank = np.arange(n) - first
-    # position of the row within its user's history; cut points rounded per user
-    n_train = np.floor(count * r[0] + 0.5).clip(min=1)
-    n_val = np.floor(count * (r[0] + r[1]) + 0.5)
-    part = np.where(rank < n_train, 0, np.where(rank < n_val, 1, 2))
-    out = {}
-    for name, k in (("train", 0), ("val", 1), ("test", 2)):
-        out[name] = np.sort(order[part == k])
-    return out
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, n])
+    group = np.repeat(np.arange(len(starts)), sizes)
+    rank = np.arange(n) - starts[group]
+    c = sizes.astype(np.float64)
+    a = np.floor(c * r[0] + 0.5 + 1e-9)
+    b = np.floor(c * (r[0] + r[1]) + 0.5 + 1e-9)
+    a = np.where(c >= 3, np.clip(a, 1, c - 2), 1)
+    b = np.where(c >= 3, np.clip(b, a + 1, c - 1), 1)
+    part = np.where(rank < a[group], 0, np.where(rank < b[group], 1, 2))
+    return {name: np.sort(order[part == k]) for name, k in (("train", 0), ("val", 1), ("test", 2))}
 
 
 def global_temporal_split(times: np.ndarray, ratios: tuple[float, float, float]) -> dict[str, np.ndarray]:

@@ -89,6 +89,14 @@ class MultiTaskModel(nn.Module):
     def n_tasks(self) -> int:
         return len(self.spec.tasks)
 
+    @property
+    def task_names(self) -> list[str]:
+        """Label columns in order (a head's `task` indexes into these)."""
+        return self.spec.task_names
+
+    def epoch_start(self) -> None:
+        """Called by the training loop before every epoch; nothing by default."""
+
     def forward(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

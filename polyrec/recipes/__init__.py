@@ -1,6 +1,6 @@
 """Dataset recipes, registered by name (`polyrec datasets list`)."""
 
-from polyrec.recipes import aliccp, aliexpress, census, files, kuairand, movielens  # noqa: F401  (registers the recipes)
+from polyrec.recipes import aliccp, aliexpress, census, files, kuairand, mooc, movielens  # noqa: F401  (registers the recipes)
 from polyrec.recipes.base import RECIPES, RawData, Recipe, register_recipe
 from polyrec.recipes.prepare import PreparedData, get_recipe, prepare
 

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import yaml
 
@@ -40,12 +41,43 @@ class Recipe(ABC):
     user_column: ClassVar[str | None] = None
     kg_name: ClassVar[str | None] = None  # a knowledge graph ships as <folder>/<kg_name>.kg and .link
 
-    schema_name: ClassVar[str | None] = None  # YAML under schemas/ (default: the recipe name)
+    schema_name: ClassVar[str | None] = None  # YAML under schemas/ (default: the recipe name); "" = none
+    topk_schema_name: ClassVar[str | None] = None  # YAML under schemas/ for top-K runs (user, item, labels)
 
     def schema(self) -> Schema:
-        name = self.schema_name or self.name
+        """The built-in schema of CTR-style runs (rows of features and labels)."""
+        return self._builtin_schema(self.name if self.schema_name is None else self.schema_name, "CTR-style runs")
+
+    def topk_schema(self) -> Schema:
+        """The built-in schema of top-K runs (user x item interactions with binary labels)."""
+        return self._builtin_schema(self.topk_schema_name, "top-K runs (a user x item schema)")
+
+    def _builtin_schema(self, name: str | None, what: str) -> Schema:
+        if not name:
+            raise PolyrecError(f"Dataset {self.name!r} has no built-in schema for {what}: give one with --schema "
+                               "(data.schema_file).")
         text = resources.files("polyrec.recipes").joinpath(f"schemas/{name}.yaml").read_text()
         return Schema.from_dict(yaml.safe_load(text), origin=f"built-in schema of {self.name}")
+
+    def items(self, files: dict[str, Path]) -> pa.Table | None:
+        """The item catalogue (`item_id`, optional `title`), never-interacted items included, or None: top-K
+        runs rank every catalogue item (without one, the items seen in the interactions)."""
+        return None
+
+    def knowledge_graph(self, root: Path, download: bool, log: Callable[[str], None],
+                        options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, str], list[Path]] | None:
+        """(triples [K, 3] of str, {item id: entity id}, files read) of the recipe's knowledge graph, or None.
+        Default: RecBole's atomic `<folder>/<kg_name>.kg` and `.link`, fetched with `download_kg` if missing."""
+        if self.kg_name is None:
+            return None
+        from polyrec.data.kg_files import kg_paths, read_kg
+
+        folder = root / self.folder
+        paths = kg_paths(folder, self.kg_name)
+        if download and not all(p.exists() for p in paths.values()):
+            self.download_kg(root, log)
+        triples, links = read_kg(paths)
+        return triples, links, list(paths.values())
 
     @abstractmethod
     def locate(self, root: Path) -> dict[str, Path]:

@@ -73,6 +73,7 @@ def _with_row(table: pa.Table) -> pa.Table:
 
 class _MovieLens(Recipe):
     default_split = "random"
+    topk_schema_name = "movielens-topk"
     time_column = "timestamp"
     user_column = "user_id"
 

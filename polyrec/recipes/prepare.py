@@ -55,12 +55,14 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def load_schema(cfg: DataConfig) -> Schema:
-    """The run's schema, read before any data is located, downloaded or read (a bad path fails first)."""
+def load_schema(cfg: DataConfig, kind: str = "ctr") -> Schema:
+    """The run's schema, read before any data is located, downloaded or read (a bad path fails first);
+    without a schema file, the recipe's built-in one for the run kind ("ctr" or "topk")."""
     if cfg.schema_file:
         schema = Schema.from_yaml(cfg.schema_file)
     else:
-        schema = get_recipe(cfg.dataset).schema()
+        recipe = get_recipe(cfg.dataset)
+        schema = recipe.topk_schema() if kind == "topk" else recipe.schema()
     return schema.with_tasks(cfg.tasks) if cfg.tasks else schema
 
 
@@ -174,10 +176,10 @@ def _stats_line(name: str, st: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def build_tables(cfg: DataConfig, seed: int, download: bool = True, log: Callable[[str], None] = print
-                 ) -> tuple[Recipe, Schema, dict[str, Path], str]:
+def build_tables(cfg: DataConfig, seed: int, download: bool = True, log: Callable[[str], None] = print,
+                 kind: str = "ctr") -> tuple[Recipe, Schema, dict[str, Path], str]:
     """Schema, source and split checks, then the located files; nothing is read yet."""
-    schema = load_schema(cfg)
+    schema = load_schema(cfg, kind)
     recipe = source_for(cfg, schema)
     check_split(cfg, recipe, schema)
     files = locate_or_download(recipe, download, log)

@@ -1,6 +1,8 @@
-"""A top-K run end to end, and `recommend` on a finished one.
+"""Top-K runs (one of the two run kinds, polyrec.train.kind), and `recommend` on a finished one.
 
-Same run-folder layout as CTR-style runs (config.yaml, spec.json, metrics.jsonl, steps.jsonl,
+The data come through the one data path (polyrec.topk.data); the loop is the one Trainer with a
+PairTrainable model and full-ranking validation injected as its evaluator. Same run-folder layout as
+CTR-style runs (config.yaml, spec.json, metrics.jsonl, steps.jsonl,
 metrics.json, model.safetensors, checkpoint.pt), so `polyrec bench` aggregates and reports top-K runs
 like any other. metrics.json holds {"val": ..., "test": ...}, each {"heads": {task: {recall@K, ndcg@K,
 hit@K, mrr@K, users}}}: items are always ranked by the target task's score; a task's relevant items are
@@ -12,8 +14,6 @@ config (the split is seeded, so it is the same one) and checks that the user/ite
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +21,20 @@ from typing import Any
 
 import torch
 
-from polyrec.balance import balancer_for_heads
-from polyrec.config import RunConfig, load_config
+from polyrec.balance import balancer_for_heads, balancer_params
+from polyrec.config import RunConfig, check_device, load_config
 from polyrec.errors import PolyrecError, close_matches
+from polyrec.recipes.prepare import get_recipe
 from polyrec.topk.data import load_topk
-from polyrec.topk.models.base import TopKInfo, TopKModel, build_topk_model
+from polyrec.topk.models.base import TopKInfo, TopKModel, build_topk_model, topk_model_params
 from polyrec.topk.negatives import NegativeSampler
-from polyrec.topk.trainer import (PairwiseTable, PointwiseTable, TopKTrainer, TrainingView, evaluate_topk,
+from polyrec.topk.trainer import (PairTrainable, PairwiseTable, PointwiseTable, evaluate_topk, ranking_evaluator,
                                   score_matrix)
 from polyrec.topk.types import TopKData
-from polyrec.train.trainer import WEIGHTS
-from polyrec.utils.io import atomic_write_text, read_json
+from polyrec.train.checkpoint import load_state
+from polyrec.train.kind import Built, RunKind
+from polyrec.train.trainer import WEIGHTS, Trainer
+from polyrec.utils.io import read_json
 
 DEFAULT_CTR_MONITOR = "overall/mean_auc"
 
@@ -53,14 +56,6 @@ def topk_train_config(cfg: RunConfig, target: str, model: TopKModel):
     return cfg.train.model_copy(update=update)
 
 
-def load_data(cfg: RunConfig, download: bool = True, log: Callable[[str], None] = print) -> TopKData:
-    tk = cfg.topk
-    seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
-    return load_topk(cfg.data.dataset, tasks=tk.tasks, like_threshold=tk.like_threshold, split=tk.split,
-                     ratios=tk.ratios, seed=seed, with_kg=tk.kg, download=download, log=log,
-                     kg_files=(tk.kg_triples, tk.kg_links) if tk.kg_triples else None)
-
-
 def build_for(cfg: RunConfig, data: TopKData) -> TopKModel:
     info = TopKInfo(n_users=data.n_users, n_items=data.n_items, task_names=data.task_names, graph=data.graph)
     return build_topk_model(cfg.model.name, info, cfg.model.embed_dim, cfg.model.params())
@@ -71,51 +66,63 @@ def _index_fingerprint(data: TopKData) -> dict[str, Any]:
             "task_names": data.task_names, "graph_edges": len(data.graph) if data.graph is not None else 0}
 
 
-def train_topk_run(cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
-                   progress_factory: Callable[[int], Any] | None = None, download: bool = True,
-                   epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
-                   evaluate_test: bool = True):
-    """Reached through `train_run` (a config with a `topk` section), which holds the run folder and checked it."""
-    from polyrec.train.run import RunResult, _seed_everything, run_summary, write_run_files  # noqa: I001
+class TopKKind(RunKind):
+    """Users x items: rank every item for every user, judged by Recall/NDCG/Hit/MRR@K on held-out interactions."""
 
-    assert cfg.topk is not None
-    run_dir = Path(run_dir)
-    data = load_data(cfg, download=download, log=log)
-    counts = ", ".join(f"{k} {len(v):,}" for k, v in data.splits.items())
-    log(f"{data.dataset}: {data.n_users:,} users, {data.n_items:,} items; {counts} interactions; tasks "
-        f"{data.task_names} (ranked by {data.target})"
-        + (f"; CKG {data.graph.n_entities:,} entities, {len(data.graph):,} edges" if data.graph is not None else ""))
-    _seed_everything(cfg.train.seed)
-    model = build_for(cfg, data)
-    train_cfg = topk_train_config(cfg, data.target, model)
-    view = TrainingView(model)
-    balancer = balancer_for_heads(train_cfg.balance, view.heads, train_cfg.balance_params)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}; "
-        f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; balance {train_cfg.balance}"
-        f"{train_cfg.balance_params or ''}; monitor {train_cfg.monitor}")
-    sampler = NegativeSampler(data.n_items, data.splits["train"].user, data.splits["train"].item,
-                              strategy=cfg.topk.sampler)
-    table_cls = PairwiseTable if model.pairwise else PointwiseTable
-    table = table_cls(data.splits["train"], sampler, cfg.topk.negatives)
-    trainer = TopKTrainer(view, train_cfg, balancer, data, cfg.topk.ks, cfg.topk.eval_users_chunk, run_dir, log)
-    if not resume:
-        trainer.check_monitor(None, [])
-        write_run_files(run_dir, cfg, {
-            "kind": "topk", "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
-            "heads": [h.__dict__ for h in model.heads], "ranking_head": model.ranking_head,
-            "index": _index_fingerprint(data), "data_meta": data.meta})
-    t0 = time.perf_counter()
-    fit = trainer.fit(table, None, [], resume=resume, progress_factory=progress_factory,
-                      epoch_callback=epoch_callback)
-    scores = score_matrix(model, data.n_users, cfg.topk.eval_users_chunk)
-    splits = ("val", "test") if evaluate_test else ("val",)
-    metrics = {s: evaluate_topk(model, data, s, cfg.topk.ks, cfg.topk.eval_users_chunk, scores) for s in splits}
-    result = run_summary(data.dataset, cfg, train_cfg.monitor, fit, n_params, t0,
-                         {k: len(v) for k, v in data.splits.items()}, data.meta.get("notes", []), metrics,
-                         kind="topk", balance=train_cfg.balance)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
-    return RunResult(run_dir, result, fit.history)
+    name = "topk"
+
+    def validate(self, cfg: RunConfig) -> None:
+        get_recipe(cfg.data.dataset)
+        topk_model_params(cfg.model.name, cfg.model.params())
+        if cfg.train.loss_reduction != "task":
+            raise PolyrecError("train.loss_reduction=scenario_task needs scenarios; top-K runs have none.")
+        balancer_params(cfg.train.balance, cfg.train.balance_params)
+        check_device(cfg.train.device)
+
+    def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> TopKData:
+        data = load_topk(cfg, download=download, log=log)
+        counts = ", ".join(f"{k} {len(v):,}" for k, v in data.splits.items())
+        log(f"{data.dataset}: {data.n_users:,} users, {data.n_items:,} items; {counts} interactions; tasks "
+            f"{data.task_names} (ranked by {data.target})"
+            + (f"; CKG {data.graph.n_entities:,} entities, {len(data.graph):,} edges" if data.graph is not None else ""))
+        return data
+
+    def build(self, cfg: RunConfig, data: TopKData, run_dir: Path, log: Callable[[str], None]) -> Built:
+        tk = cfg.topk
+        model = build_for(cfg, data)
+        train_cfg = topk_train_config(cfg, data.target, model)
+        trainable = PairTrainable(model)
+        balancer = balancer_for_heads(train_cfg.balance, trainable.heads, train_cfg.balance_params)
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}; "
+            f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; balance {train_cfg.balance}"
+            f"{train_cfg.balance_params or ''}; monitor {train_cfg.monitor}")
+        sampler = NegativeSampler(data.n_items, data.splits["train"].user, data.splits["train"].item,
+                                  strategy=tk.sampler)
+        table = (PairwiseTable if model.pairwise else PointwiseTable)(data.splits["train"], sampler, tk.negatives)
+        evaluate = ranking_evaluator(model, data, tk.ks, tk.eval_users_chunk)
+        trainer = Trainer(trainable, train_cfg, balancer, evaluate, run_dir, log)
+        spec = {"kind": self.name, "model": cfg.model.name, "embed_dim": cfg.model.embed_dim,
+                "params": cfg.model.params(), "heads": [h.__dict__ for h in model.heads],
+                "ranking_head": model.ranking_head, "index": _index_fingerprint(data), "data_meta": data.meta}
+        return Built(trainable, trainer, table, train_cfg, spec, None, n_params, model.params.model_dump(mode="json"),
+                     {"kind": self.name, "balance": train_cfg.balance})
+
+    def evaluate(self, cfg: RunConfig, built: Built, data: TopKData, splits: tuple[str, ...]) -> dict[str, Any]:
+        tk, model = cfg.topk, built.model.model
+        scores = score_matrix(model, data.n_users, tk.eval_users_chunk)
+        return {s: evaluate_topk(model, data, s, tk.ks, tk.eval_users_chunk, scores) for s in splits}
+
+    def describe(self, data: TopKData) -> tuple[str, Any, list[str]]:
+        return data.dataset, {k: len(v) for k, v in data.splits.items()}, data.meta.get("notes", [])
+
+    def load(self, run_dir: Path, log: Callable[[str], None] = print) -> "LoadedTopKRun":
+        return load_topk_run(run_dir, log)
+
+    def evaluate_folder(self, run_dir: Path, split: str, log: Callable[[str], None]) -> dict[str, Any]:
+        run = load_topk_run(run_dir, log=log)
+        tk = run.config.topk
+        return evaluate_topk(run.model, run.data, split, tk.ks, tk.eval_users_chunk)
 
 
 # --- a finished run --------------------------------------------------------------------------------------
@@ -128,8 +135,6 @@ class LoadedTopKRun:
 
 
 def load_topk_run(run_dir: str | Path, log: Callable[[str], None] = print) -> LoadedTopKRun:
-    from polyrec.train.run import load_state
-
     run_dir = Path(run_dir)
     for name in ("config.yaml", "spec.json", WEIGHTS):
         if not (run_dir / name).exists():
@@ -138,13 +143,12 @@ def load_topk_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Lo
     if info.get("kind") != "topk":
         raise PolyrecError(f"{run_dir} is a CTR-style run, not a top-K run; use `polyrec predict` for it.")
     cfg = load_config(run_dir / "config.yaml")
-    data = load_data(cfg, download=False, log=log)
+    data = load_topk(cfg, download=False, log=log)
     if _index_fingerprint(data) != info["index"]:
         raise PolyrecError(f"The dataset now indexes users/items differently from when {run_dir} was trained "
                            "(source files changed); its recommendations would be meaningless.")
     model = build_for(cfg, data)
-    view = TrainingView(model)
-    load_state(view, run_dir / WEIGHTS)
+    load_state(PairTrainable(model), run_dir / WEIGHTS)
     model.eval()
     return LoadedTopKRun(run_dir, cfg, data, model)
 
@@ -174,4 +178,4 @@ def recommend(run: LoadedTopKRun, user: str, k: int = 20, keep_test: bool = Fals
             for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
 
 
-__all__ = ["train_topk_run", "load_topk_run", "recommend", "evaluate_topk", "score_matrix"]
+__all__ = ["TopKKind", "load_topk_run", "recommend", "evaluate_topk", "score_matrix"]

@@ -6,9 +6,9 @@ with three small pieces:
 
 * a training table that draws fresh negatives at the start of every epoch (from a generator seeded by
   (seed, epoch), so a resumed run draws the same ones) and yields index-slice batches;
-* `TrainingView`, a module presenting a TopKModel the way the loop expects: forward(batch) -> logits,
-  extra_loss(logits, labels), heads, shared_parameters();
-* `TopKTrainer._validate`, full-ranking metrics on the validation split instead of AUC.
+* `PairTrainable`, a TopKModel as a `polyrec.train.trainer.Trainable`: forward(batch) -> logits,
+  extra_loss(logits, labels), heads, task_names, shared_parameters(), epoch_start();
+* `ranking_evaluator`, the trainer's injected validation: full-ranking metrics on the validation split.
 
 Pointwise models (waata, the CTR adapters) see every training interaction with its labels plus the
 negatives with all labels 0, and learn one BCE loss per head. Pairwise models (mf, kgat) see
@@ -18,7 +18,7 @@ with label 1, so the head's BCE-with-logits is exactly the BPR loss -ln sigmoid(
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,6 @@ from polyrec.models.base import Head
 from polyrec.topk.models.base import TopKModel
 from polyrec.topk.negatives import NegativeSampler
 from polyrec.topk.types import Interactions, TopKData
-from polyrec.train.trainer import Trainer
 
 
 @dataclass
@@ -41,6 +40,7 @@ class TopKBatch:
     users: torch.Tensor  # int64 [B]
     items: torch.Tensor  # int64 [B]; the positive item for pairwise batches
     negatives: torch.Tensor | None = None  # int64 [B] for pairwise batches
+    scenario: None = None  # top-K data have no scenarios (train.loss_reduction is task)
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -107,8 +107,9 @@ class PairwiseTable:
             yield TopKBatch(u[idx], p[idx], n[idx]), ones[idx]
 
 
-class TrainingView(nn.Module):
-    """A TopKModel as the generic training loop sees it (heads, forward(batch), extra_loss)."""
+class PairTrainable(nn.Module):
+    """A TopKModel as the training loop's Trainable: pointwise batches score their pairs (one logit per
+    head); pairwise batches give s(u, pos) - s(u, neg) of the ranking head as their one logit."""
 
     def __init__(self, model: TopKModel) -> None:
         super().__init__()
@@ -139,6 +140,14 @@ class TrainingView(nn.Module):
 
     def last_shared_layer(self) -> nn.Parameter | None:
         return self.model.last_shared_layer()
+
+    def epoch_start(self) -> None:
+        self.model.epoch_start()
+
+
+def ranking_evaluator(model: TopKModel, data: TopKData, ks: list[int], chunk: int) -> Callable[[], dict[str, float]]:
+    """The trainer's validation for top-K runs: flat full-ranking metrics (monitor keys like 'like/ndcg@20')."""
+    return lambda: flatten(evaluate_topk(model, data, "val", ks, chunk))
 
 
 @torch.inference_mode()
@@ -173,24 +182,3 @@ def evaluate_topk(model: TopKModel, data: TopKData, split: str, ks: list[int], c
         users = np.flatnonzero(np.diff(relevant.indptr) > 0)
         heads[task] = topk_metrics(lambda u: s[u], users, relevant, exclude, ks=tuple(ks), chunk=chunk)
     return {"heads": heads, "ranking": {"by": data.target, "excluded": "train" + ("+val" if split == "test" else "")}}
-
-
-class TopKTrainer(Trainer):
-    """The generic loop with full-ranking validation (monitor keys like 'like/ndcg@20')."""
-
-    def __init__(self, view: TrainingView, cfg, balancer, data: TopKData, ks: list[int], chunk: int,
-                 run_dir=None, log=print) -> None:
-        self.data, self.ks, self.chunk = data, ks, chunk
-        super().__init__(view, cfg, balancer, run_dir, log)
-
-    def _task_names(self) -> list[str]:
-        return self.model.task_names
-
-    def _train_epoch(self, table, epoch: int, step: int, progress):
-        self.model.model.epoch_start()
-        return super()._train_epoch(table, epoch, step, progress)
-
-    def _validate(self, val: Any, scenario_names: list[str]) -> dict[str, float]:
-        metrics = evaluate_topk(self.model.model, self.data, "val", self.ks, self.chunk)
-        self.model.train()
-        return flatten(metrics)

@@ -51,3 +51,13 @@ def check_checkpoint(path: Path) -> None:
 def _short(exc: Exception) -> str:
     text = " ".join(str(exc).split()) or exc.__class__.__name__
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def load_state(model: torch.nn.Module, path: Path) -> None:
+    """Weights into a model rebuilt from spec.json; a mismatch names both files instead of torch's key dump."""
+    try:
+        model.load_state_dict(load_weights(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise PolyrecError(f"{path} does not fit the model described by {path.parent / 'spec.json'} ({first}); "
+                           "one of the two files was replaced or damaged: retrain the run.") from None

@@ -53,15 +53,16 @@ class TensorBoardTracker:
         self.sign = Monitor(cfg.train.monitor, cfg.train.monitor_mode).sign
         self.best = best
 
-    def start(self, cfg: RunConfig) -> None:
-        """Config as text and the hparams session (written once, at the start of a fresh run)."""
+    def start(self, cfg: RunConfig, params: dict[str, Any] | None = None) -> None:
+        """Config as text and the hparams session (written once, at the start of a fresh run); `params`: the
+        model's resolved parameters (defaults included)."""
         text = "\n".join("    " + line for line in cfg.to_yaml().splitlines())  # markdown code block
         self.writer.add_text("config", text, 0)
         try:
             from torch.utils.tensorboard.summary import hparams
         except ImportError:  # pragma: no cover - part of the same package as SummaryWriter
             return
-        for summary in hparams(hparam_dict(cfg), {"best/val_monitor": float("nan")}):
+        for summary in hparams(hparam_dict(cfg, params), {"best/val_monitor": float("nan")}):
             self.writer.file_writer.add_summary(summary)
 
     def __call__(self, record: dict[str, Any], steps: list[dict[str, Any]]) -> None:
@@ -91,12 +92,13 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-def hparam_dict(cfg: RunConfig) -> dict[str, Any]:
-    """Scalar view of the settings worth comparing across runs (lists and dicts as JSON text)."""
+def hparam_dict(cfg: RunConfig, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scalar view of the settings worth comparing across runs (lists and dicts as JSON text); `params` are the
+    model's resolved parameters (default: the CTR model's, read from the registry)."""
     from polyrec.models.base import model_params
 
     dump = cfg.model_dump(mode="json")
-    resolved = model_params(cfg.model.name, cfg.model.params()).model_dump(mode="json")  # defaults included
+    resolved = params if params is not None else model_params(cfg.model.name, cfg.model.params()).model_dump(mode="json")
     flat = {"model.name": cfg.model.name, "model.embed_dim": cfg.model.embed_dim,
             **{f"model.{k}": v for k, v in resolved.items()}}
     for key in HPARAM_KEYS:
@@ -106,7 +108,7 @@ def hparam_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def make_tracker(cfg: RunConfig, run_dir: Path, log: Callable[[str], None] = print,
-                 resume: bool = False) -> TensorBoardTracker | None:
+                 resume: bool = False, params: dict[str, Any] | None = None) -> TensorBoardTracker | None:
     """The run's tracker, or None when `train.tensorboard` is off or the package is missing."""
     if not cfg.train.tensorboard:
         return None
@@ -120,7 +122,7 @@ def make_tracker(cfg: RunConfig, run_dir: Path, log: Callable[[str], None] = pri
     best = _best_so_far(cfg, Path(run_dir)) if resume else None
     tracker = TensorBoardTracker(writer_cls(log_dir=str(Path(run_dir) / TB_DIR)), cfg, best)
     if not resume:
-        tracker.start(cfg)
+        tracker.start(cfg, params)
     return tracker
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from polyrec.config import TrainConfig
 from polyrec.data.batching import Batch, TensorTable
 from polyrec.errors import PolyrecError
 from polyrec.metrics.report import evaluate, flatten
-from polyrec.models.base import MultiTaskModel, SharedParameters
+from polyrec.models.base import Head, MultiTaskModel, SharedParameters
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from polyrec.train.losses import HeadLosses
 from polyrec.train.monitor import Monitor
@@ -70,6 +70,36 @@ def oov_dropout(batch: Batch, rate: float, generator: torch.Generator, columns: 
     return Batch(torch.where(hit, torch.full_like(ids, OOV_ID), ids), batch.numeric, batch.sequences, batch.scenario)
 
 
+class Trainable(Protocol):
+    """What the loop trains: a torch module whose call maps a batch to logits [B, H], one column per head.
+
+    MultiTaskModel is one (CTR-style rows); polyrec.topk.trainer.PairTrainable presents a top-K model as one.
+    `shared_parameters` / `last_shared_layer` are what gradient balancers act on; `epoch_start` runs before
+    each training epoch (graph models refresh attention there)."""
+
+    heads: list[Head]
+    task_names: list[str]
+
+    def __call__(self, batch: Any) -> torch.Tensor: ...
+    def extra_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None: ...
+    def shared_parameters(self) -> list[torch.nn.Parameter]: ...
+    def last_shared_layer(self) -> torch.nn.Parameter | None: ...
+    def epoch_start(self) -> None: ...
+    def parameters(self) -> Any: ...
+    def named_parameters(self) -> Any: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+    def train(self, mode: bool = True) -> Any: ...
+
+
+Evaluator = Callable[[], dict[str, float]]  # flat validation metrics of the model as it is now (the monitor reads them)
+
+
+def table_evaluator(model: MultiTaskModel, val: TensorTable, batch_size: int, scenario_names: list[str]) -> Evaluator:
+    """Validation of a CTR-style model: AUC/LogLoss per head, scenario and cell on `val`."""
+    return lambda: flatten(evaluate_table(model, val, batch_size, scenario_names))
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
@@ -82,36 +112,28 @@ class FitResult:
 
 
 class Trainer:
-    def __init__(self, model: MultiTaskModel, cfg: TrainConfig, balancer: Balancer,
+    def __init__(self, model: Trainable, cfg: TrainConfig, balancer: Balancer, evaluate: Evaluator,
                  run_dir: Path | None = None, log: Callable[[str], None] = print,
                  oov_columns: list[bool] | None = None) -> None:
-        """`oov_columns`: which categorical columns train.oov_dropout may replace (default: all)."""
+        """`evaluate`: validation metrics after every epoch (and once before training, to check the monitor);
+        `oov_columns`: which categorical columns train.oov_dropout may replace (default: all)."""
         self.oov_columns = torch.tensor(oov_columns, dtype=torch.bool) if oov_columns is not None else None
-        self.model, self.cfg, self.balancer = model, cfg, balancer
+        self.model, self.cfg, self.balancer, self.evaluate = model, cfg, balancer, evaluate
         self.run_dir = Path(run_dir) if run_dir else None
         self.log = log
-        self.losses = HeadLosses(model.heads, self._task_names(),
-                                 per_scenario=cfg.loss_reduction == "scenario_task")
+        self.losses = HeadLosses(model.heads, model.task_names, per_scenario=cfg.loss_reduction == "scenario_task")
         self.optimizer = build_optimizer(model, cfg, balancer.parameters())
         self.shared = SharedParameters(model.shared_parameters(), model.last_shared_layer())
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode)
         self._monitor_checked = False
 
-    # --- hooks a specialised trainer (top-K) overrides ---------------------------------------
-    def _task_names(self) -> list[str]:
-        return self.model.spec.task_names
-
-    def _validate(self, val: Any, scenario_names: list[str]) -> dict[str, float]:
-        """Flat validation metrics the monitor reads."""
-        return flatten(evaluate_table(self.model, val, self.cfg.eval_batch_size, scenario_names))
-
-    def check_monitor(self, val: Any, scenario_names: list[str]) -> None:
+    def check_monitor(self) -> None:
         """Before training: train.monitor must name a validation metric, and one that is defined. A metric that
         is NaN for the untrained model (every validation row of one class, say) stays NaN, and early stopping
         would then keep the untrained weights while the run "succeeds"."""
         if self._monitor_checked:
             return
-        flat = self._validate(val, scenario_names)
+        flat = self.evaluate()
         value = self.monitor.value(flat)
         self._monitor_checked = True
         if math.isnan(value):
@@ -124,8 +146,9 @@ class Trainer:
                 "validation rows hold both classes.")
 
     # --- one epoch ----------------------------------------------------------------------
-    def _train_epoch(self, table: TensorTable, epoch: int, step: int, progress) -> tuple[dict, int, list]:
+    def _train_epoch(self, table: Any, epoch: int, step: int, progress) -> tuple[dict, int, list]:
         cfg, model = self.cfg, self.model
+        model.epoch_start()
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         n_heads = len(self.losses.names)
@@ -138,7 +161,7 @@ class Trainer:
             if oov_gen is not None and isinstance(batch, Batch):
                 batch = oov_dropout(batch, cfg.oov_dropout, oov_gen, self.oov_columns)
             logits = model(batch)
-            losses = self.losses(logits, labels, getattr(batch, "scenario", None))
+            losses = self.losses(logits, labels, batch.scenario)
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.backward(losses, model.extra_loss(logits, labels), self.shared)
             self.optimizer.step()
@@ -172,10 +195,11 @@ class Trainer:
         return stats, step, steps
 
     # --- fit ------------------------------------------------------------------------------
-    def fit(self, train: TensorTable, val: TensorTable, scenario_names: list[str], resume: bool = False,
+    def fit(self, train: Any, resume: bool = False,
             progress_factory: Callable[[int], Any] | None = None,
             epoch_callback: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None) -> FitResult:
-        """Train until epochs or early stop. `epoch_callback(record, steps)` sees each epoch's record and step log after
+        """Train on `train` (anything with `batches(batch_size, shuffle, generator)` yielding (batch, labels) and
+        `num_batches`, `__len__`) until epochs or early stop. `epoch_callback(record, steps)` sees each epoch's record and step log after
         the checkpoint is written (tuners report to pruners there; an exception stops training)."""
         cfg, model = self.cfg, self.model
         history: list[dict[str, Any]] = []
@@ -204,7 +228,7 @@ class Trainer:
             if ckpt.get("finished"):
                 start_epoch = cfg.epochs + 1
         else:  # fail before training, not after the first epoch, when train.monitor names no (defined) metric
-            self.check_monitor(val, scenario_names)
+            self.check_monitor()
         stopped_early = bool(history and history[-1].get("stopped_early"))
         for epoch in range(start_epoch, cfg.epochs + 1):
             if stopped_early:
@@ -216,7 +240,8 @@ class Trainer:
                 if bar is not None:
                     bar(None, None, None)
             step_log.extend(steps)
-            flat = self._validate(val, scenario_names)
+            flat = self.evaluate()
+            model.train()
             score = self.monitor.score(flat)
             monitored = self.monitor.value(flat)
             if math.isnan(monitored):

@@ -119,7 +119,7 @@ def _tune(cfg: RunConfig, n_trials: int, study_dir: str | Path, fixed: Iterable[
     optuna = _optuna()
     from optuna.trial import TrialState
 
-    from polyrec.train.run import train_run, validate_config
+    from polyrec.runs import train_run, validate_config
 
     if n_trials < 1:
         raise PolyrecError(f"--trials must be at least 1, got {n_trials}")

@@ -1,0 +1,204 @@
+"""The run-kind interface and the one run every kind goes through.
+
+A run kind is how one family of models meets the data: CTR-style rows (polyrec.train.run) or top-K
+ranking over all items (polyrec.topk.run). Each implements five steps; `execute` does the rest, the same
+for all: claim and check the folder, seed, write the run files once everything that can fail before
+training has been built, train with early stopping, evaluate the best weights, write metrics.json.
+
+    prepare(cfg)            -> data (cached, split, encoded)
+    build(cfg, data)        -> Built (the Trainable model, the trainer with its injected evaluator, spec.json)
+    evaluate(built, data)   -> metrics per split of the best weights
+    load(run_dir)           -> a finished run, for evaluate / predict / recommend / export
+    validate(cfg)           -> names and parameters checked before any data is read
+
+Run folder layout (both kinds):
+  config.yaml       the resolved configuration (re-running it reproduces the run)
+  spec.json         what rebuilds the model without the data ("kind" says which run kind wrote it)
+  encoders.json, schema.yaml   fitted encoders and the resolved schema (CTR-style runs)
+  metrics.jsonl     one line per epoch (train loss, samples/s, validation metrics)
+  steps.jsonl       losses and task weights every `log_every` steps
+  metrics.json      final metrics of the best weights on validation and test
+  model.safetensors best weights;  checkpoint.pt  last epoch's full state (for --resume)
+  tensorboard/      TensorBoard event files (train.tensorboard; see polyrec.train.tracking)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from polyrec import __version__
+from polyrec.config import RunConfig, TrainConfig, load_config
+from polyrec.errors import PolyrecError
+from polyrec.train.checkpoint import check_checkpoint
+from polyrec.train.rundir import claim
+from polyrec.train.tracking import chain_callbacks, make_tracker
+from polyrec.train.trainer import CHECKPOINT, Trainer
+from polyrec.utils.io import atomic_write_text
+
+RUN_FILES = ("config.yaml", "encoders.json", "schema.yaml", "spec.json", "metrics.jsonl", "steps.jsonl", "tensorboard")
+EpochCallback = Callable[[dict[str, Any], list[dict[str, Any]]], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+@dataclass
+class Built:
+    """What a kind's `build` returns: everything `execute` needs to train and record the run."""
+
+    model: Any  # a Trainable (polyrec.train.trainer)
+    trainer: Trainer
+    train_table: Any  # what trainer.fit iterates
+    train_cfg: TrainConfig  # the train section as the kind resolved it (monitor, balance)
+    spec: dict[str, Any]  # spec.json
+    encoders: Any = None  # polyrec.data.encoders.Encoders for CTR-style runs
+    n_params: int = 0
+    params: dict[str, Any] | None = None  # the model's resolved parameters (defaults included), for TensorBoard
+    summary: dict[str, Any] = field(default_factory=dict)  # extra metrics.json fields (kind, balance, data_stats)
+
+
+class RunKind(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def validate(self, cfg: RunConfig) -> None:
+        """Unknown model names and bad parameters fail here, before any folder or data."""
+
+    @abstractmethod
+    def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> Any:
+        """The run's data; `evaluate_test=False` (tuning trials) never needs the test split."""
+
+    @abstractmethod
+    def build(self, cfg: RunConfig, data: Any, run_dir: Path, log: Callable[[str], None]) -> Built:
+        """Model, balancer, trainer (validation injected as its evaluator) and spec.json, built on `data`."""
+
+    @abstractmethod
+    def evaluate(self, cfg: RunConfig, built: Built, data: Any, splits: tuple[str, ...]) -> dict[str, Any]:
+        """Metrics of the (best) model on each split, as metrics.json holds them."""
+
+    @abstractmethod
+    def describe(self, data: Any) -> tuple[str, Any, list[str]]:
+        """(dataset name, rows per split, data notes) for metrics.json."""
+
+    def after_fit(self, cfg: RunConfig, built: Built, data: Any, run_dir: Path) -> None:
+        """Extra files of a finished run (CTR-style: gates.json); nothing by default."""
+
+    @abstractmethod
+    def load(self, run_dir: Path, log: Callable[[str], None]) -> Any:
+        """A finished run folder of this kind, its model in eval mode."""
+
+    @abstractmethod
+    def evaluate_folder(self, run_dir: Path, split: str, log: Callable[[str], None]) -> dict[str, Any]:
+        """`polyrec evaluate`: metrics of a finished run on one split, re-reading its data."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None] = print) -> bool:
+    """Refuse to overwrite a run or to resume a different one (or from a damaged checkpoint); the caller has
+    validated the config. A folder whose run never finished an epoch (config.yaml, no checkpoint, no
+    metrics.json) is started again from scratch, with or without --resume. Returns whether training resumes."""
+    started = (run_dir / CHECKPOINT).exists() or (run_dir / "metrics.json").exists()
+    if resume and not (run_dir / CHECKPOINT).exists():
+        if started or not (run_dir / "config.yaml").exists():
+            raise PolyrecError(f"Cannot resume: {run_dir / CHECKPOINT} does not exist.")
+        resume = False
+        log(f"{run_dir}: its run never finished an epoch (no {CHECKPOINT}); starting it from epoch 1")
+    if resume:
+        saved = load_config(run_dir / "config.yaml")
+        if saved.model_dump() != cfg.model_dump():
+            raise PolyrecError(f"Cannot resume {run_dir}: its config.yaml differs from the requested config. "
+                               "Resume with `polyrec train --resume --out RUN_DIR` alone.")
+        check_checkpoint(run_dir / CHECKPOINT)  # a damaged checkpoint fails here, before the data is read
+        return True
+    if started:
+        raise PolyrecError(f"{run_dir} already holds a run. Use --resume to continue it, or choose another --out.")
+    for name in RUN_FILES:  # what a start that failed before its first epoch left behind
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return False
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, spec: dict[str, Any], encoders: Any = None) -> None:
+    """config.yaml, encoders.json and spec.json, written when everything that can fail before training has
+    been built (data, model, balancer, optimiser, monitor), so a failed start leaves no half-run behind."""
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if encoders is not None:
+        encoders.save(run_dir / "encoders.json")
+        # the resolved schema, readable beside config.yaml (whose paths are absolute): the run works from anywhere
+        atomic_write_text(run_dir / "schema.yaml", encoders.schema_yaml())
+    atomic_write_text(run_dir / "spec.json", json.dumps(spec, indent=1, default=str))
+
+
+def run_summary(dataset: str, cfg: RunConfig, monitor: str, fit: Any, n_params: int, t0: float, rows: Any,
+                notes: list[str], metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """metrics.json of a finished run (any kind): what ran, how long, and the metrics per split."""
+    return {
+        "dataset": dataset, "model": cfg.model.name, "seed": cfg.train.seed, **extra,
+        "best_epoch": fit.best_epoch, "epochs_run": len(fit.history), "stopped_early": fit.stopped_early,
+        "monitor": monitor, "best_val_monitor": fit.best_score, "parameters": n_params,
+        "train_seconds": sum(h["train_seconds"] for h in fit.history),
+        # every session of a resumed run counts (up to each interrupted session's last checkpoint)
+        "wall_seconds": fit.prior_wall_seconds + time.perf_counter() - t0, "sessions": fit.sessions, "rows": rows,
+        "data_notes": notes,
+        "versions": {"polyrec": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        **metrics,
+    }
+
+
+def execute(kind: RunKind, cfg: RunConfig, run_dir: Path, resume: bool = False, log: Callable[[str], None] = print,
+            progress_factory: Callable[[int], Any] | None = None, download: bool = True,
+            epoch_callback: EpochCallback | None = None, evaluate_test: bool = True) -> RunResult:
+    """Train into `run_dir`, which this process holds (polyrec.train.rundir.claim) from the first check to
+    metrics.json. `evaluate_test=False` (tuning trials) never builds or scores the test split."""
+    run_dir = Path(run_dir)
+    kind.validate(cfg)  # unknown names: no folder is created
+    with claim(run_dir):
+        resume = check_run_dir(cfg, run_dir, resume, log)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        data = kind.prepare(cfg, download, log, evaluate_test)
+        seed_everything(cfg.train.seed)
+        built = kind.build(cfg, data, run_dir, log)
+        if not resume:
+            built.trainer.check_monitor()
+            write_run_files(run_dir, cfg, built.spec, built.encoders)
+        tracker = make_tracker(cfg.model_copy(update={"train": built.train_cfg}), run_dir, log, resume=resume,
+                               params=built.params)
+        t0 = time.perf_counter()
+        try:
+            fit = built.trainer.fit(built.train_table, resume=resume, progress_factory=progress_factory,
+                                    epoch_callback=chain_callbacks(tracker, epoch_callback))
+        finally:
+            if tracker is not None:
+                tracker.close()
+        metrics = kind.evaluate(cfg, built, data, ("val", "test") if evaluate_test else ("val",))
+        dataset, rows, notes = kind.describe(data)
+        result = run_summary(dataset, cfg, built.train_cfg.monitor, fit, built.n_params, t0, rows, notes, metrics,
+                             **built.summary)
+        kind.after_fit(cfg, built, data, run_dir)
+        atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
+        return RunResult(run_dir, result, fit.history)
