@@ -265,7 +265,7 @@ def model_deviations(model: str) -> tuple[str, ...]:
     from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
 
     topk_model_names()  # registers both zoos
-    cls = TOPK_MODELS.get(model) or MODELS.get(model)
+    cls = TOPK_MODELS.get(model, None) or MODELS.get(model, None)
     return tuple(getattr(cls, "deviations", ()) or ())
 
 

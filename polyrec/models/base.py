@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from polyrec.data.batching import Batch
-from polyrec.errors import PolyrecError, unknown_name
+from polyrec.data.schema import validate_params
 from polyrec.models.spec import ModelSpec
-from polyrec.utils.registry import registrar
+from polyrec.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -118,30 +118,21 @@ class SharedParameters(list):
         self.last_layer = last_layer
 
 
-MODELS: dict[str, type[MultiTaskModel]] = {}
+MODELS: Registry[type[MultiTaskModel]] = Registry("model")
 
 
-register: Callable[[str], Callable[[type[MultiTaskModel]], type[MultiTaskModel]]] = registrar(MODELS, "model")
+register: Callable[[str], Callable[[type[MultiTaskModel]], type[MultiTaskModel]]] = MODELS.register
 
 
 def model_params(name: str, raw: dict[str, Any]) -> ModelParams:
-    cls = get_model_class(name)
-    try:
-        return cls.Params(**raw)
-    except ValidationError as exc:
-        from polyrec.data.schema import format_validation_error
-
-        raise PolyrecError(
-            f"Invalid parameters for model {name!r}: {format_validation_error(exc, cls.Params.model_fields)}"
-        ) from None
+    """Validated parameters of model `name` (unknown names and keys are errors with close matches)."""
+    return validate_params(get_model_class(name).Params, raw, f"parameters for model {name!r}")
 
 
 def get_model_class(name: str) -> type[MultiTaskModel]:
     import polyrec.models  # noqa: F401  (registers the built-in models)
 
-    if name not in MODELS:
-        raise unknown_name("model", name, MODELS)
-    return MODELS[name]
+    return MODELS.get(name)
 
 
 def build_model(name: str, spec: ModelSpec, embed_dim: int, params: dict[str, Any]) -> MultiTaskModel:
