@@ -46,9 +46,11 @@ def _ctr_loss(model, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _shared_names(model: torch.nn.Module) -> list[str]:
-    ids = {id(p) for p in model.shared_parameters()}
-    assert len(ids) == len(model.shared_parameters()), "a parameter is listed twice"
-    return sorted(n for n, p in model.named_parameters() if id(p) in ids)
+    """The shared parameters' names in the order balancers see them (order changes float sums in PCGrad)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    shared = [names[id(p)] for p in model.shared_parameters()]
+    assert len(set(shared)) == len(shared), "a parameter is listed twice"
+    return shared
 
 
 # --- CTR models -----------------------------------------------------------------------------------
