@@ -26,7 +26,8 @@ from test_topk_models import N_ITEMS, TASKS, build, pairs, training_loss
 EMBED = 8
 # non-default parameters that switch on code paths of their own, checked beside every model's defaults
 VARIANTS = {"escm2-dr": ("escm2", {"variant": "dr"}),
-            "fdn-plain": ("fdn", {"orthogonal": False, "auxiliary": False})}
+            "fdn-plain": ("fdn", {"orthogonal": False, "auxiliary": False}),
+            "sapenet-mmoe": ("sapenet", {"extraction": "mmoe"})}
 CTR = {**{name: (name, {}) for name in sorted(MODELS)}, **VARIANTS}
 TOPK = topk_model_names()  # the top-K models, then every CTR model run by the adapter
 SHARED_PINNED = json.loads((Path(__file__).parent / "data" / "shared_parameters.json").read_text())
@@ -260,3 +261,13 @@ def test_topk_state_dict_round_trip_gives_identical_scores(name):
 @pytest.mark.parametrize("name", sorted(TOPK_MODELS))
 def test_topk_shared_parameters_are_the_pinned_set(name):
     assert _shared_names(build(name)) == SHARED_PINNED["topk"][name]
+
+
+def test_a_deep_copy_keeps_its_declaration():
+    """The declaration holds the parts, not their ids: a copy's shared set is its own parameters, the same names."""
+    import copy
+
+    model = _ctr("mmoe")
+    clone = copy.deepcopy(model)
+    assert _shared_names(clone) == _shared_names(model)
+    assert not any(p is q for p in clone.shared_parameters() for q in model.parameters())

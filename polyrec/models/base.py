@@ -17,6 +17,7 @@ from torch import nn
 
 from polyrec.data.batching import Batch
 from polyrec.data.schema import validate_params
+from polyrec.models.sharing import DeclaresSharing
 from polyrec.models.spec import ModelSpec
 from polyrec.utils.registry import Registry
 
@@ -58,8 +59,9 @@ class ModelParams(BaseModel):
         return self
 
 
-class MultiTaskModel(nn.Module):
-    """Base class. Subclasses set `Params`, build layers in __init__ and implement forward."""
+class MultiTaskModel(DeclaresSharing):
+    """Base class. Subclasses set `Params`, build layers in __init__ (declaring with `not_shared(...)` the parts
+    some task's loss does not reach: towers, task gates, ...; see polyrec.models.sharing) and implement forward."""
 
     Params: ClassVar[type[ModelParams]] = ModelParams
     # the loss form of the model's paper, used when train.loss_reduction is auto: "task" (each head's mean over
@@ -97,10 +99,6 @@ class MultiTaskModel(nn.Module):
         e.g. orthogonality) or label-dependent terms (calibrators, counterfactual regularisers).
         `labels` is [B, T] in task order. Default: the stored regulariser, or None."""
         return self._aux_loss
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters every task's loss reaches; gradient-based balancers work on these."""
-        return [p for n, p in self.named_parameters() if not n.startswith(("towers", "task_"))]
 
     def last_shared_layer(self) -> nn.Parameter | None:
         """The last weight matrix every task's loss passes through: GradNorm's W (Chen et al. normalise the

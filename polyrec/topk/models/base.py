@@ -22,6 +22,7 @@ from torch import nn
 from polyrec.data.schema import validate_params
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.models.base import Head, ModelParams
+from polyrec.models.sharing import DeclaresSharing
 from polyrec.topk.types import KnowledgeGraph, TopKData
 from polyrec.utils.registry import Registry
 
@@ -60,8 +61,9 @@ def check_graph(info: TopKInfo) -> None:
             raise PolyrecError(f"Knowledge graph {name} ids out of range [0, {n}).")
 
 
-class TopKModel(nn.Module):
-    """Base class; subclasses set `Params` (and the flags) and implement `score`."""
+class TopKModel(DeclaresSharing):
+    """Base class; subclasses set `Params` (and the flags), declare their task-specific parts with
+    `not_shared(...)` (polyrec.models.sharing) and implement `score`."""
 
     Params: ClassVar[type[ModelParams]] = ModelParams
     pairwise: ClassVar[bool] = False  # True: BPR on the target task only; False: BCE per head
@@ -123,10 +125,6 @@ class TopKModel(nn.Module):
         """A scalar added to the head losses (regularisers, auxiliary heads), or None. `logits` are the
         last training `score` call's, `labels` [B, T] in task order (pointwise models)."""
         return None
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """What gradient balancers act on: by convention every parameter not under `towers*`/`task_*`."""
-        return [p for n, p in self.named_parameters() if not n.startswith(("towers", "task_"))]
 
     def last_shared_layer(self) -> nn.Parameter | None:
         """GradNorm's W (see polyrec.models.base.MultiTaskModel.last_shared_layer); each model declares it."""
