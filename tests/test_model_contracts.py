@@ -156,6 +156,7 @@ def test_state_dict_round_trip_gives_identical_outputs(key):
 @pytest.mark.parametrize("key", CTR)
 def test_shared_parameters_are_the_pinned_set(key):
     """The explicit declarations give exactly the sets the old name rule gave (tests/data/shared_parameters.json)."""
+    assert key in SHARED_PINNED["ctr"], f"pin {key}'s shared parameter names in tests/data/shared_parameters.json"
     assert _shared_names(_ctr(key)) == SHARED_PINNED["ctr"][key]
 
 
@@ -260,6 +261,7 @@ def test_topk_state_dict_round_trip_gives_identical_scores(name):
 
 @pytest.mark.parametrize("name", sorted(TOPK_MODELS))
 def test_topk_shared_parameters_are_the_pinned_set(name):
+    assert name in SHARED_PINNED["topk"], f"pin {name}'s shared parameter names in tests/data/shared_parameters.json"
     assert _shared_names(build(name)) == SHARED_PINNED["topk"][name]
 
 
