@@ -95,3 +95,15 @@ def test_the_report_leads_with_results_and_figures(tmp_path):
     order = [text.index(m) for m in marks]
     assert order == sorted(order)
     assert "0.8050 ± 0.0071" in text  # mmoe[lr=0.1]'s overall mean AUC over its two seeds
+
+
+def test_bench_never_imports_the_report_package():
+    """report/ imports bench/ (store, stats), not the other way round: `polyrec bench` is handed write_report."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "polyrec" / "bench"
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "polyrec.report" or n.startswith("polyrec.report.") for n in names), path.name
