@@ -474,8 +474,10 @@ def bench(
 
     Exit code 1 when some run failed (its error.json says why; the others are aggregated)."""
     from polyrec.bench.runner import bench_command
+    from polyrec.report import write_report
 
-    code = bench_command(dataset, models, seeds, config, set_, optimizers, out, experiment, report=report, topk=topk)
+    code = bench_command(dataset, models, seeds, config, set_, optimizers, out, experiment,
+                         report=write_report if report else None, topk=topk)
     if code:
         raise typer.Exit(code)
 

@@ -280,27 +280,29 @@ ROWS = "mmoe,sharedbottom,mmoe[n_experts=abc]"
 
 
 def _bench(out: Path, counter: Counter, monkeypatch, report):
-    """run_bench with train_run wrapped by `counter` and polyrec.bench.report replaced by `report`
-    (a FakeReport, or None: the module is unavailable)."""
+    """run_bench with train_run wrapped by `counter` and the report written by `report` (a FakeReport, or
+    None: no report)."""
     lines: list[str] = []
 
     def echo(text: str = "", end: str = "\n") -> None:
         lines.append(text + end)
 
     monkeypatch.setattr(bench_runner, "train_run", counter)
-    monkeypatch.setitem(sys.modules, "polyrec.bench.report", report)
     exp = build_experiment(datasets=DATASET, models=ROWS, seeds="2", overrides=TINY,
                            command=["polyrec", "bench", "--test"])
-    outcome = bench_runner.run_bench(exp, out, echo=echo)
+    outcome = bench_runner.run_bench(exp, out, echo=echo, report=report.write_report if report else None)
     return outcome, "".join(lines)
 
 
 class FakeReport:
-    def __init__(self):
+    def __init__(self, fail: bool = False):
         self.calls = []
+        self.fail = fail
 
     def write_report(self, bench_dir):
         self.calls.append(Path(bench_dir))
+        if self.fail:
+            raise RuntimeError("no figures today")
         return Path(bench_dir) / "report.html"
 
 
@@ -389,11 +391,11 @@ def test_rerun_trains_only_what_is_missing(small_bench, tmp_path, monkeypatch):
     before = json.loads((src / "runs" / DATASET / "mmoe" / "seed1" / "metrics.json").read_text())
     after = json.loads((runs / "mmoe" / "seed1" / "metrics.json").read_text())
     assert before["test"]["overall"] == after["test"]["overall"]
-    # nothing left to do: nothing trains; the missing report module is skipped with a message
+    # nothing left to do: nothing trains; a report writer that fails is said to, and the results stand
     counter2 = Counter()
-    _, text2 = _bench(out, counter2, monkeypatch, None)
+    _, text2 = _bench(out, counter2, monkeypatch, FakeReport(fail=True))
     assert [c for c in counter2.calls if c[0] != "mmoe__n_experts=abc"] == []
-    assert "report: skipped" in text2
+    assert "report: FAILED (RuntimeError: no figures today)" in text2 and (out / "results.md").exists()
 
 
 def test_rerun_with_other_settings_is_refused(small_bench, monkeypatch):

@@ -1,4 +1,5 @@
-"""Every registered model: forward/backward, batches of one, per-sample independence; ESMM; ParallelMLP."""
+"""Every registered model with a regression task; ESMM; ParallelMLP. (The registry-wide contracts, forward/backward,
+batches of one, per-sample independence, are in tests/test_model_contracts.py.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from helpers import make_batch, make_spec, splice, take
-from polyrec.data.batching import Batch
+from helpers import make_batch, make_spec
 from polyrec.metrics.report import evaluate
 from polyrec.models import MODELS, build_model
 from polyrec.models.esmm import logit_of_product
@@ -35,69 +35,6 @@ def _loss(model, batch, labels):
     total = HeadLosses(model.heads, model.spec.task_names)(logits, labels).sum()
     extra = model.extra_loss(logits, labels)  # regularisers, as the trainer adds them
     return total + extra if extra is not None else total
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_forward_backward_train_and_eval(name):
-    spec = make_spec()
-    model = _build(name, spec)
-    batch, labels = make_batch(spec, 32, seed=1)
-    model.train()
-    out = model(batch)
-    assert out.shape == (32, len(model.heads)) and torch.isfinite(out).all()
-    loss = _loss(model, batch, labels)
-    assert torch.isfinite(loss)
-    model.zero_grad()
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert sum(float(g.abs().sum()) for g in grads) > 0
-    # every output head reads the inputs: id embeddings and numeric values (no head ignores its features)
-    embeddings = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    assert embeddings
-    for h in range(len(model.heads)):
-        model.zero_grad()
-        numeric = batch.numeric.clone().requires_grad_()
-        probe = Batch(batch.categorical, numeric, batch.sequences, batch.scenario)
-        model(probe)[:, h].sum().backward()
-        assert any(w.grad is not None and w.grad.abs().sum() > 0 for w in embeddings), model.heads[h]
-        assert numeric.grad is not None and numeric.grad.abs().sum() > 0, model.heads[h]
-    model.eval()
-    with torch.no_grad():
-        out_eval = model(batch)
-    assert out_eval.shape == (32, len(model.heads)) and torch.isfinite(out_eval).all()
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_batch_of_one(name):
-    spec = make_spec()
-    model = _build(name, spec)
-    batch, labels = make_batch(spec, 1, seed=2)
-    model.train()
-    loss = _loss(model, batch, labels)
-    loss.backward()
-    assert torch.isfinite(loss)
-    model.eval()
-    with torch.no_grad():
-        out = model(batch)
-    assert out.shape == (1, len(model.heads)) and torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_eval_output_of_a_sample_ignores_the_rest_of_its_batch(name):
-    spec = make_spec()
-    model = _build(name, spec)
-    a, _ = make_batch(spec, 16, seed=3)
-    b, _ = make_batch(spec, 16, seed=4)
-    keep = [0, 5]
-    mixed = splice(a, b, keep)  # rows 0 and 5 from a, every other row different
-    model.eval()
-    with torch.no_grad():
-        out_a, out_mixed = model(a), model(mixed)
-        alone = model(take(a, slice(0, 1)))
-    assert not torch.allclose(out_a[1:5], out_mixed[1:5])  # the other rows really changed
-    torch.testing.assert_close(out_mixed[keep], out_a[keep], atol=1e-6, rtol=0)
-    torch.testing.assert_close(alone[0], out_a[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", [m for m in ALL_MODELS if m != "esmm"])

@@ -1,4 +1,4 @@
-"""OMoE, AITM, ESCM2 and FDN: shapes, batches of one, per-sample independence, and each model's own
+"""OMoE, AITM, ESCM2 and FDN: each model's own
 equations (one gate; AIT attention and calibrator; counterfactual risks; orthogonality/auxiliary terms)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_batch, make_spec, quiet, splice, take
+from helpers import make_batch, make_spec, quiet
 from polyrec.balance import build_balancer
 from polyrec.config import TrainConfig
 from polyrec.data.batching import Batch, TensorTable
@@ -51,54 +51,6 @@ def _hand_batch() -> tuple[Batch, torch.Tensor]:
     scenario = categorical[:, 2].to(torch.int64)
     labels = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # click, like (like => click)
     return Batch(categorical, numeric, {"genres": genres}, scenario), labels
-
-
-# --- every model ---------------------------------------------------------------------------
-@pytest.mark.parametrize("name,params", CONFIGS, ids=IDS)
-def test_forward_backward_on_a_hand_built_batch(name, params):
-    model = _build(name, params)
-    batch, labels = _hand_batch()
-    model.train()
-    out = model(batch)
-    assert out.shape == (4, len(model.heads)) and torch.isfinite(out).all()
-    loss = _loss(model, batch, labels)
-    assert torch.isfinite(loss)
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
-    # every parameter shared by all tasks learns (numeric_vectors only serve InputEmbedding.fields)
-    shared = [p for p in model.shared_parameters() if p is not model.embedding.numeric_vectors]
-    assert shared and all(p.grad is not None and p.grad.abs().sum() > 0 for p in shared)
-
-
-@pytest.mark.parametrize("name,params", CONFIGS, ids=IDS)
-def test_batch_of_one_in_train_and_eval(name, params):
-    model = _build(name, params)
-    batch, labels = make_batch(model.spec, 1, seed=2)
-    model.train()
-    loss = _loss(model, batch, labels)
-    assert torch.isfinite(loss)
-    loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.eval()
-    with torch.no_grad():
-        out = model(batch)
-    assert out.shape == (1, len(model.heads)) and torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("name,params", CONFIGS, ids=IDS)
-def test_eval_output_does_not_depend_on_the_rest_of_the_batch(name, params):
-    model = _build(name, params)
-    a, _ = make_batch(model.spec, 16, seed=3)
-    b, _ = make_batch(model.spec, 16, seed=4)
-    keep = [0, 5]
-    mixed = splice(a, b, keep)
-    model.eval()
-    with torch.no_grad():
-        out_a, out_mixed, alone = model(a), model(mixed), model(take(a, slice(0, 1)))
-    assert not torch.allclose(out_a[1:5], out_mixed[1:5])
-    torch.testing.assert_close(out_mixed[keep], out_a[keep], atol=1e-6, rtol=0)
-    torch.testing.assert_close(alone[0], out_a[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["omoe", "aitm", "escm2", "fdn"])

@@ -28,7 +28,9 @@ from polyrec.runs import train_run
 
 pytest.importorskip("matplotlib", reason="the report draws its figures with matplotlib (pip install matplotlib)")
 
-from polyrec.bench.report import load_bench, render_report, summarize, write_report  # noqa: E402
+from polyrec.bench.store import head_metric, load_bench  # noqa: E402
+from polyrec.report import render_report, write_report  # noqa: E402
+from polyrec.report.tables import summarize  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +145,10 @@ def test_report_is_one_self_contained_file(bench_dir):
         w, h = _png_size(base64.b64decode(src.split(",", 1)[1]))
         assert 300 < w < 2000 and 150 < h < 2000
     assert len(text) < 2_500_000, f"report is {len(text):,} bytes"
+    # the page leads with the results and the figures; configuration and environment come after
+    order = [text.index(mark) for mark in ('id="results"', "<figure", 'id="failures"', 'id="experiment"',
+                                            'id="environment"')]
+    assert order == sorted(order)
     # content: command, environment, computed tables (no results.md), figure titles, failures
     assert "polyrec bench grid.yaml --out" in text
     assert "0123abcd" in text and "data_fingerprints.movielens-100k.u.data" in text and "sha256:feedbeef" in text
@@ -215,12 +221,11 @@ def test_report_renders_in_headless_chromium(bench_dir, tmp_path):
 
 
 def test_the_per_cell_figure_judges_top_k_heads_by_ndcg():
-    from polyrec.bench.report import _head_metric
-    assert _head_metric({"auc": 0.7, "logloss": 0.5}) == "auc"
-    assert _head_metric({"rmse": 0.9}) == "rmse"
-    assert _head_metric({"recall@20": 0.3, "ndcg@10": 0.2, "ndcg@20": 0.25}) == "ndcg@20"  # a top-K head: no AUC
-    assert _head_metric({"recall@5": 0.3, "ndcg@5": 0.2}) == "ndcg@5"
-    assert _head_metric({"users": 10.0}) is None
+    assert head_metric({"auc": 0.7, "logloss": 0.5}) == "auc"
+    assert head_metric({"rmse": 0.9}) == "rmse"
+    assert head_metric({"recall@20": 0.3, "ndcg@10": 0.2, "ndcg@20": 0.25}) == "ndcg@20"  # a top-K head: no AUC
+    assert head_metric({"recall@5": 0.3, "ndcg@5": 0.2}) == "ndcg@5"
+    assert head_metric({"users": 10.0}) is None
 
 
 def test_a_bench_rerun_with_fewer_seeds_reports_only_those(bench_dir, tmp_path):

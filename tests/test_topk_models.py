@@ -15,8 +15,6 @@ from polyrec.train.losses import HeadLosses
 
 N_USERS, N_ITEMS, N_OTHER = 4, 5, 3
 TASKS = ["like", "click"]
-CTR_MODELS = ["mmoe", "ple", "fdn", "esmm", "escm2"]
-ALL_MODELS = ["mf", "kgat", "waata", *CTR_MODELS]
 EMBED = 8
 SMALL = {"kgat": {"layer_dims": [8, 4], "kg_batch_size": 16},
          "waata": {"layer_dims": [8, 4], "kg_batch_size": 16, "expert_dims": [8], "tower_dims": [4]}}
@@ -156,48 +154,6 @@ def pairs(n: int, seed: int):
     labels = (torch.rand(n, 2, generator=g) < 0.5).float()
     labels[:, 0] *= labels[:, 1]  # like implies click
     return torch.randint(0, N_USERS, (n,), generator=g), torch.randint(0, N_ITEMS, (n,), generator=g), labels
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_model_trains_and_ranks(name):
-    model = build(name)
-    assert model.pairwise == (name in ("mf", "kgat"))
-    assert model.heads[model.ranking_head].task == "like" and model.heads[model.ranking_head].space is None
-    users, items, labels = pairs(16, seed=1)
-    model.train()
-    loss = training_loss(model, users, items, labels)
-    assert torch.isfinite(loss)
-    loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), \
-        [n for n, g in grads.items() if g is None]
-    assert all(p.grad is not None for p in model.shared_parameters())
-
-    model.eval()
-    with torch.no_grad():
-        cache = model.encode()
-        users = torch.tensor([2, 0, 3])
-        top = model.score_all(users, cache)
-        expanded = model.score(users.repeat_interleave(N_ITEMS), torch.arange(N_ITEMS).repeat(3), cache)
-    assert top.shape == (3, N_ITEMS)
-    assert torch.allclose(top, expanded[:, model.ranking_head].view(3, N_ITEMS), atol=1e-5)
-
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_eval_score_independent_of_batch(name):
-    model = build(name, dropout=0.3) if name != "mf" else build(name)
-    model.eval()
-    u1, i1, _ = pairs(12, seed=2)
-    u2, i2, _ = pairs(12, seed=3)
-    with torch.no_grad():
-        cache = model.encode()
-        a = model.score(u1, i1, cache)
-        mixed = model.score(torch.cat([u1[:4], u2[4:]]), torch.cat([i1[:4], i2[4:]]), cache)
-        alone = model.score(u1[:1], i1[:1], cache)
-        if cache is not None:  # no (message) dropout in eval
-            assert torch.equal(model.encode(), cache)
-    assert torch.allclose(a[:4], mixed[:4], atol=1e-6)
-    assert torch.allclose(a[:1], alone, atol=1e-6)
 
 
 def test_score_all_chunks_users(monkeypatch):

@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from polyrec.errors import PolyrecError, unknown_name
-from polyrec.utils.registry import registrar
+from polyrec.data.schema import validate_params
+from polyrec.errors import PolyrecError
+from polyrec.utils.registry import Registry
 
 
 class BalancerParams(BaseModel):
@@ -62,10 +63,10 @@ class Balancer:
         self.weights = state["weights"]
 
 
-BALANCERS: dict[str, type[Balancer]] = {}
+BALANCERS: Registry[type[Balancer]] = Registry("balancer")
 
 
-register_balancer: Callable[[str], Callable[[type[Balancer]], type[Balancer]]] = registrar(BALANCERS, "balancer")
+register_balancer: Callable[[str], Callable[[type[Balancer]], type[Balancer]]] = BALANCERS.register
 
 
 def resolve_name(name: str) -> str:
@@ -76,16 +77,7 @@ def resolve_name(name: str) -> str:
 def balancer_params(name: str, raw: dict[str, Any]) -> BalancerParams:
     """Validated parameters of balancer `name` (unknown names and keys are errors with close matches)."""
     name = resolve_name(name)
-    if name not in BALANCERS:
-        raise unknown_name("balancer", name, BALANCERS)
-    cls = BALANCERS[name]
-    try:
-        return cls.Params(**raw)
-    except ValidationError as exc:
-        from polyrec.data.schema import format_validation_error
-
-        raise PolyrecError(f"Invalid balance_params for {name!r}: "
-                           f"{format_validation_error(exc, cls.Params.model_fields)}") from None
+    return validate_params(BALANCERS.get(name).Params, raw, f"balance_params for {name!r}")
 
 
 def build_balancer(name: str, task_names: Sequence[str], params: dict[str, Any],

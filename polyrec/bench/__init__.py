@@ -4,5 +4,6 @@
   runner.py     `polyrec bench`: one ordinary run folder per (dataset, row, seed); resumable; failures isolated
   aggregate.py  results.json / results.csv / results-per-seed.csv / results.md from the run folders
   stats.py      mean ± std over seeds, paired t-test and Wilcoxon signed-rank test between rows
-  report.py     report.html (figures), when available
+  store.py      reading a bench folder (bench.yaml, run folders): the one reader of aggregate and the report
+The report (report.html) is polyrec.report, which imports this package (not the other way round).
 """

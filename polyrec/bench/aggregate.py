@@ -14,21 +14,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from polyrec.bench.stats import ALPHA, PairedTest, mean_std, min_wilcoxon_p, paired_test, significant
-from polyrec.errors import PolyrecError
-from polyrec.metrics.report import flatten
+from polyrec.bench.store import load_bench, load_spec
 from polyrec.metrics.direction import lower_is_better
+from polyrec.metrics.report import flatten
 from polyrec.utils.io import atomic_write_text
-from polyrec.utils.io import read_json_or_none as _read_json
 
 COST_KEYS = ("train_seconds", "seconds_per_epoch", "wall_seconds", "epochs_run", "best_epoch")
 FILES = ("results.json", "results.csv", "results-per-seed.csv", "results.md")
-
-
-def run_dir(bench_dir: Path, dataset: str, folder: str, seed: int) -> Path:
-    return Path(bench_dir) / "runs" / dataset / folder / f"seed{seed}"
 
 
 def seed_values(metrics: dict[str, Any]) -> dict[str, float]:
@@ -44,26 +37,6 @@ def seed_values(metrics: dict[str, Any]) -> dict[str, float]:
     if isinstance(metrics.get("train_seconds"), (int, float)) and epochs:
         out["seconds_per_epoch"] = float(metrics["train_seconds"]) / epochs
     return out
-
-
-def _curve(path: Path) -> tuple[str | None, dict[int, float]]:
-    """(monitor name, {epoch: validation monitor value}) from a run's metrics.jsonl."""
-    monitor, values = None, {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return None, {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
-            monitor = rec.get("monitor", monitor)
-            v = rec.get("monitor_value")
-            if isinstance(v, (int, float)):
-                values[rec["epoch"]] = float(v)
-    return monitor, values
 
 
 # --- the main table's columns and marks -----------------------------------------------------------------
@@ -150,22 +123,12 @@ def mark_column(values: dict[str, dict[Any, float]], lower: bool, alpha: float =
     return {"cells": cells, "test": test}
 
 
-# --- reading a bench ------------------------------------------------------------------------------------
-def load_spec(bench_dir: Path) -> dict[str, Any]:
-    path = Path(bench_dir) / "bench.yaml"
-    if not path.exists():
-        raise PolyrecError(f"{bench_dir} is not a bench folder: bench.yaml is missing.")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict) or not isinstance(spec.get("rows"), list):
-        raise PolyrecError(f"{path} holds no rows.")
-    return spec
-
-
 def collect(bench_dir: str | Path) -> dict[str, Any]:
     """Per dataset, per row: seeds finished/failed/missing, per-seed values, mean/std of every metric,
     the main table with marks and tests, and (optimiser studies) validation curves."""
     bench_dir = Path(bench_dir)
     spec = load_spec(bench_dir)
+    bench = load_bench(bench_dir)
     seeds = [int(s) for s in spec.get("seeds") or []]
     rows = [r for r in spec["rows"] if isinstance(r, dict) and "label" in r]
     with_curves = bool(spec.get("optimizers"))
@@ -182,20 +145,18 @@ def collect(bench_dir: str | Path) -> dict[str, Any]:
             curves: dict[int, dict[int, float]] = {}
             monitor = None
             for seed in seeds:
-                rd = run_dir(bench_dir, ds, folder, seed)
-                metrics = _read_json(rd / "metrics.json") if (rd / "metrics.json").exists() else None
-                if isinstance(metrics, dict):
+                run = bench.run_at(str(ds), folder, seed)
+                if run is not None and run.metrics is not None:  # finished (an error.json beside it is stale)
                     info["seeds_ok"].append(seed)
-                    info["values"][seed] = seed_values(metrics)
-                    test_metrics.append(metrics.get("test") or {})
+                    info["values"][seed] = seed_values(run.metrics)
+                    test_metrics.append(run.test)
                     if with_curves:
-                        mon, curve = _curve(rd / "metrics.jsonl")
+                        mon, curve = run.curve()
                         monitor = monitor or mon
                         curves[seed] = curve
-                elif (rd / "error.json").exists():
-                    err = _read_json(rd / "error.json") or {}
-                    info["seeds_failed"][seed] = {"type": err.get("type"), "error": err.get("error"),
-                                                  "path": str((rd / "error.json").relative_to(bench_dir))}
+                elif run is not None and run.error is not None:
+                    info["seeds_failed"][seed] = {"type": run.error.get("type"), "error": run.error.get("error"),
+                                                  "path": str((run.path / "error.json").relative_to(bench_dir))}
                 else:
                     info["seeds_missing"].append(seed)
             keys = list(dict.fromkeys(k for v in info["values"].values() for k in v))
@@ -265,7 +226,7 @@ def model_deviations(model: str) -> tuple[str, ...]:
     from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
 
     topk_model_names()  # registers both zoos
-    cls = TOPK_MODELS.get(model) or MODELS.get(model)
+    cls = TOPK_MODELS.get(model, None) or MODELS.get(model, None)
     return tuple(getattr(cls, "deviations", ()) or ())
 
 

@@ -7,7 +7,7 @@ Bench folder layout::
     runs/<dataset>/<row folder>/seed<k>/   ordinary `polyrec train` run folders (+ train.log; error.json
                           {error, type, traceback} when the run failed)
     results.json, results.csv, results-per-seed.csv, results.md   (polyrec.bench.aggregate)
-    report.html           (polyrec.bench.report, when available)
+    report.html           (the `report` writer the caller hands in: polyrec.report.write_report)
 
 Re-running the same command on the same folder: runs with metrics.json are skipped, runs with a
 checkpoint but no metrics.json are resumed from it (the trainer resumes exactly), runs with error.json
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from polyrec import __version__
-from polyrec.bench.aggregate import run_dir as _run_dir
 from polyrec.bench.aggregate import write_results
 from polyrec.bench.spec import Experiment, Row
+from polyrec.bench.store import run_dir as _run_dir
 from polyrec.config import RunConfig, config_differences, load_config
 from polyrec.errors import PolyrecError
 from polyrec.metrics.topk import headline_key
@@ -286,15 +286,20 @@ def write_bench_yaml(exp: Experiment, bench_dir: Path) -> None:
     atomic_write_text(bench_dir / "bench.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
 
 
-def run_bench(exp: Experiment, bench_dir: str | Path, echo: Echo = _print, report: bool = True) -> BenchOutcome:
-    """Every planned run, then the tables and the report, while this process holds the bench folder."""
+ReportWriter = Callable[[Path], Path]  # bench folder -> the report file it wrote (polyrec.report.write_report)
+
+
+def run_bench(exp: Experiment, bench_dir: str | Path, echo: Echo = _print,
+              report: ReportWriter | None = None) -> BenchOutcome:
+    """Every planned run, then the tables and (when a `report` writer is given) the report, while this process
+    holds the bench folder. The writer is handed in because polyrec.report imports this package."""
     from polyrec.train.rundir import claim
 
     with claim(bench_dir, "bench folder"):
         return _run_bench(exp, Path(bench_dir), echo, report)
 
 
-def _run_bench(exp: Experiment, bench_dir: Path, echo: Echo, report: bool) -> BenchOutcome:
+def _run_bench(exp: Experiment, bench_dir: Path, echo: Echo, report: ReportWriter | None) -> BenchOutcome:
     runs = plan(exp, bench_dir)
     write_bench_yaml(exp, bench_dir)
     env = environment(exp)
@@ -313,14 +318,9 @@ def _run_bench(exp: Experiment, bench_dir: Path, echo: Echo, report: bool) -> Be
     echo(outcome.results["markdown"])
     if report:
         try:
-            from polyrec.bench.report import write_report
-        except ImportError as exc:
-            echo(f"report: skipped (polyrec.bench.report is not available: {exc})")
-        else:
-            try:
-                outcome.report = write_report(bench_dir)
-            except Exception as exc:  # noqa: BLE001 - the results are written; a report problem is not fatal
-                echo(f"report: FAILED ({type(exc).__name__}: {_short(exc)})")
+            outcome.report = report(bench_dir)
+        except Exception as exc:  # noqa: BLE001 - the results are written; a report problem is not fatal
+            echo(f"report: FAILED ({type(exc).__name__}: {_short(exc)})")
     n = len(runs)
     echo(f"{n - len(outcome.failed)} of {n} runs finished ({len(outcome.trained)} trained now"
          + (f", {len(outcome.resumed)} of them resumed" if outcome.resumed else "")
@@ -335,7 +335,8 @@ def _run_bench(exp: Experiment, bench_dir: Path, echo: Echo, report: bool) -> Be
 
 def bench_command(dataset: str | None, models: str | None, seeds: str | None, config: Path | None,
                   overrides: list[str] | None, optimizers: str | None, out: Path | None,
-                  experiment: Path | None, echo: Echo = _print, report: bool = True, topk: bool = False) -> int:
+                  experiment: Path | None, echo: Echo = _print, report: ReportWriter | None = None,
+                  topk: bool = False) -> int:
     """`polyrec bench`: returns the exit code (0: every run finished; 1: some failed)."""
     import shlex
 

@@ -29,11 +29,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from polyrec.errors import PolyrecError, close_matches
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -294,6 +296,15 @@ def format_validation_error(exc: ValidationError, known: Iterable[str] = ()) -> 
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(lines)
+
+
+def validate_params(cls: type[M], raw: dict[str, Any], what: str) -> M:
+    """`cls(**raw)`, or a PolyrecError "Invalid <what>: ..." with one line per problem and close matches for
+    unknown keys: the one validator of model, top-K model and balancer parameters."""
+    try:
+        return cls(**raw)
+    except ValidationError as exc:
+        raise PolyrecError(f"Invalid {what}: {format_validation_error(exc, cls.model_fields)}") from None
 
 
 def model_keys(*models: type[BaseModel]) -> set[str]:

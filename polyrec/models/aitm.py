@@ -80,6 +80,8 @@ class AITM(MultiTaskModel):
         self.transfer = nn.ModuleList(MLP(d, [d], None, p.dropout, p.activation) for _ in order[1:])
         self.ait = nn.ModuleList(AdaptiveInformationTransfer(d) for _ in order[1:])
         self.task_outputs = ParallelMLP(self.n_tasks, d, [], 1)
+        # only the embedding reaches every task: towers, transfers and AITs serve some tasks of the funnel
+        self.not_shared(self.towers, self.transfer, self.ait, self.task_outputs)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         q = self.towers(self.embedding.flat(batch))  # [B, T, d]
@@ -95,10 +97,6 @@ class AITM(MultiTaskModel):
             return None
         y = torch.sigmoid(logits[:, self.chain])
         return self.params.calibrator_weight * torch.relu(y[:, 1:] - y[:, :-1]).mean(0).sum()
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """Only the embedding reaches every task (towers, transfers and AITs serve some tasks of the funnel)."""
-        return list(self.embedding.parameters())
 
     def last_shared_layer(self) -> nn.Parameter:
         """GradNorm's W: only the embedding reaches every task: its table is W."""

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from polyrec.data.batching import Batch
-from polyrec.errors import PolyrecError, unknown_name
+from polyrec.data.schema import validate_params
+from polyrec.models.sharing import DeclaresSharing
 from polyrec.models.spec import ModelSpec
-from polyrec.utils.registry import registrar
+from polyrec.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ class ModelParams(BaseModel):
         return self
 
 
-class MultiTaskModel(nn.Module):
-    """Base class. Subclasses set `Params`, build layers in __init__ and implement forward."""
+class MultiTaskModel(DeclaresSharing):
+    """Base class. Subclasses set `Params`, build layers in __init__ (declaring with `not_shared(...)` the parts
+    some task's loss does not reach: towers, task gates, ...; see polyrec.models.sharing) and implement forward."""
 
     Params: ClassVar[type[ModelParams]] = ModelParams
     # the loss form of the model's paper, used when train.loss_reduction is auto: "task" (each head's mean over
@@ -106,10 +108,6 @@ class MultiTaskModel(nn.Module):
         `labels` is [B, T] in task order. Default: the stored regulariser, or None."""
         return self._aux_loss
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters every task's loss reaches; gradient-based balancers work on these."""
-        return [p for n, p in self.named_parameters() if not n.startswith(("towers", "task_"))]
-
     def last_shared_layer(self) -> nn.Parameter | None:
         """The last weight matrix every task's loss passes through: GradNorm's W (Chen et al. normalise the
         gradients there). Each model declares its own (a registry-wide test checks it is shared, is a matrix
@@ -126,30 +124,21 @@ class SharedParameters(list):
         self.last_layer = last_layer
 
 
-MODELS: dict[str, type[MultiTaskModel]] = {}
+MODELS: Registry[type[MultiTaskModel]] = Registry("model")
 
 
-register: Callable[[str], Callable[[type[MultiTaskModel]], type[MultiTaskModel]]] = registrar(MODELS, "model")
+register: Callable[[str], Callable[[type[MultiTaskModel]], type[MultiTaskModel]]] = MODELS.register
 
 
 def model_params(name: str, raw: dict[str, Any]) -> ModelParams:
-    cls = get_model_class(name)
-    try:
-        return cls.Params(**raw)
-    except ValidationError as exc:
-        from polyrec.data.schema import format_validation_error
-
-        raise PolyrecError(
-            f"Invalid parameters for model {name!r}: {format_validation_error(exc, cls.Params.model_fields)}"
-        ) from None
+    """Validated parameters of model `name` (unknown names and keys are errors with close matches)."""
+    return validate_params(get_model_class(name).Params, raw, f"parameters for model {name!r}")
 
 
 def get_model_class(name: str) -> type[MultiTaskModel]:
     import polyrec.models  # noqa: F401  (registers the built-in models)
 
-    if name not in MODELS:
-        raise unknown_name("model", name, MODELS)
-    return MODELS[name]
+    return MODELS.get(name)
 
 
 def build_model(name: str, spec: ModelSpec, embed_dim: int, params: dict[str, Any]) -> MultiTaskModel:

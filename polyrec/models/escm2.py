@@ -35,7 +35,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from polyrec.data.batching import Batch
 from polyrec.errors import PolyrecError
@@ -62,6 +61,7 @@ class ESCM2(ESMM):
         p = params
         self.imputation = MLP(self.embedding.flat_dim, p.tower_dims, 1, p.dropout, p.activation,
                               p.batch_norm) if p.variant == "dr" else None
+        self.not_shared(self.imputation)  # e_hat serves the CVR's doubly robust term only
         self._imputed: torch.Tensor | None = None  # e_hat [B] of the last training forward
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -86,5 +86,3 @@ class ESCM2(ESMM):
         delta = e - self._imputed
         return p.counterfactual_weight * (self._imputed + w * delta + w * delta ** 2).mean()
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return list(self.embedding.parameters())

@@ -72,6 +72,7 @@ class ESMM(MultiTaskModel):
         # one tower per task; the ctcvr task's tower is the CVR tower
         self.towers = ParallelMLP(self.n_tasks, self.embedding.flat_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)
+        self.not_shared(self.towers)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         logits = self.towers(self.embedding.flat(batch)).squeeze(-1)  # [B, T]

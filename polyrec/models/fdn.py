@@ -74,6 +74,7 @@ class FDN(MultiTaskModel):
         d = self.shared_extractors.out_dim
         self.task_aux_heads = ParallelMLP(t * m, d, [], 1)  # head_{k,m}
         self.towers = ParallelMLP(t, 2 * m * d, p.tower_dims, 1, p.dropout, p.activation, p.batch_norm)
+        self.not_shared(self.task_extractors, self.task_aux_heads, self.towers)
         self.register_buffer("binary", torch.tensor([x.type == "binary" for x in spec.tasks]), persistent=False)
         names = spec.task_names
         self.spaces = [(k, names.index(x.space)) for k, x in enumerate(spec.tasks) if x.space]
@@ -109,9 +110,6 @@ class FDN(MultiTaskModel):
         if self._aux_logits is not None:
             terms.append(self.params.auxiliary_weight * self.auxiliary_loss(self._aux_logits, labels))
         return torch.stack(terms).sum() if terms else None
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return [*self.embedding.parameters(), *self.shared_extractors.parameters()]
 
     def last_shared_layer(self) -> nn.Parameter:
         """GradNorm's W: the shared extractors' last layer."""

@@ -65,6 +65,7 @@ class M2M(MultiTaskModel):
         self.task_query = no_decay(nn.Parameter(torch.empty(n_t, p.attention_dim).uniform_(-bound, bound)))  # v_t
         self.towers = nn.ModuleList(MetaLinear(n_t, d, dim, dim) for _ in range(p.tower_layers))
         self.towers_out = ParallelMLP(n_t, dim, [], 1)
+        self.not_shared(self.task_emb, self.task_query, self.towers, self.towers_out)
         self.act = activation(p.activation)
         self.dropout = nn.Dropout(p.dropout) if p.dropout > 0 else nn.Identity()
 

@@ -110,6 +110,7 @@ class PairExpertModel(MultiTaskModel):
         d = self.scenario_view.out_dim
         self.towers = ParallelMLP(self.n_slots * self.n_tasks, d, tower_dims, 1, p.dropout, p.activation,
                                   p.batch_norm)
+        self.not_shared(self.towers)  # the views are shared: every task's loss reaches the task view too
         return d
 
     def trunk(self, batch: Batch) -> torch.Tensor:  # pragma: no cover - abstract
@@ -139,12 +140,6 @@ class PairExpertModel(MultiTaskModel):
         logits = self.towers(f.reshape(b, s * t, -1)).view(b, s, t)
         return logits.gather(1, sc.view(b, 1, 1).expand(b, 1, t)).squeeze(1)  # [B, T]: own scenario's row
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """The trunk, the shared experts and both views (every task's loss reaches the task view too,
-        through the others term); not the per-task / per-pair gates, task experts or towers."""
-        trunk = ("embedding", "attention", "fusion", "experts", "scenario_view", "task_view")
-        return [p for n, p in self.named_parameters() if n.startswith(trunk) or ".shared_" in n]
-
 
 @register("m3oe")
 class M3oE(PairExpertModel):
@@ -163,6 +158,7 @@ class M3oE(PairExpertModel):
         d_h = self.fusion.out_dim
         self.experts = ParallelMLP(p.n_experts, d_h, p.expert_dims, None, p.dropout, p.activation, p.batch_norm)
         self.pair_gates = nn.Linear(d_h, spec.n_scenarios * self.n_tasks * p.n_experts)
+        self.not_shared(self.pair_gates)
         self._build_views(p, d_h, p.expert_dims, p.balance_per_unit, "sigmoid", p.lambda_init, p.alpha_init,
                           p.tower_dims)
 

@@ -35,6 +35,7 @@ class MMoE(MultiTaskModel):
         self.task_gates = nn.Linear(d_in, self.n_tasks * p.n_experts)
         self.towers = ParallelMLP(self.n_tasks, self.experts.out_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)
+        self.not_shared(self.task_gates, self.towers)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.embedding.flat(batch)

@@ -37,6 +37,7 @@ class OMoE(MultiTaskModel):
         self.gate = nn.Linear(d_in, p.n_experts)  # the one gate
         self.towers = ParallelMLP(self.n_tasks, self.experts.out_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)
+        self.not_shared(self.towers)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.embedding.flat(batch)

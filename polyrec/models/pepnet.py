@@ -79,6 +79,7 @@ class PEPNet(MultiTaskModel):
         self.task_gates = nn.ModuleList(GateNU(self.n_tasks, d_prior, p.gate_hidden, a, p.gate_scale)
                                         for a in dims[:-1])
         self.towers = nn.ModuleList(ParallelMLP(self.n_tasks, a, [], b) for a, b in zip(dims[:-1], dims[1:]))
+        self.not_shared(self.task_gates, self.towers)
         self.act = activation(p.activation)
         self.dropout = nn.Dropout(p.dropout) if p.dropout > 0 else nn.Identity()
 

@@ -42,6 +42,10 @@ class CGCLevel(nn.Module):
         self.shared_gate = None if last else nn.Linear(d_in, n_tasks * self.nt + self.ns)
         self.out_dim = self.shared_experts.out_dim
 
+    def task_parts(self) -> list[nn.Module]:
+        """The per-task experts and gates (not shared; the shared experts and gate are)."""
+        return [self.task_experts, self.task_gates]
+
     def forward(self, task_in: torch.Tensor, shared_in: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """task_in: [B, T, d] (or [B, d] when all streams are the input); shared_in: [B, d]."""
@@ -77,6 +81,7 @@ class PLE(MultiTaskModel):
             d_in = levels[-1].out_dim
         self.levels = nn.ModuleList(levels)
         self.towers = ParallelMLP(self.n_tasks, d_in, p.tower_dims, 1, p.dropout, p.activation, p.batch_norm)
+        self.not_shared(self.towers, *(part for level in levels for part in level.task_parts()))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         x = self.embedding.flat(batch)
@@ -85,9 +90,6 @@ class PLE(MultiTaskModel):
             task_in, shared_in, gates = level(task_in, shared_in)
             self.record_gate(f"level{i + 1}_task_gates", gates)
         return self.towers(task_in).squeeze(-1)
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n.startswith("embedding") or ".shared_" in n]
 
     def last_shared_layer(self) -> nn.Parameter:
         """GradNorm's W: the last level's shared experts."""

@@ -105,10 +105,12 @@ class SAPENet(PairExpertModel):
                 levels.append(CGCLevel(self.n_tasks, d_in, ple, last=i == p.n_levels - 1))
                 d_in = levels[-1].out_dim
             self.levels = nn.ModuleList(levels)
+            self.not_shared(*(part for level in levels for part in level.task_parts()))
         else:
             self.experts = ParallelMLP(p.mmoe_experts, d_h, p.expert_dims, None, p.dropout, p.activation,
                                        p.batch_norm)
             self.pair_gates = nn.Linear(d_h, spec.n_scenarios * self.n_tasks * p.mmoe_experts)
+            self.not_shared(self.pair_gates)
         self._build_views(p, d_h, p.expert_dims, p.balance_per_unit, "free", p.lambda_init, p.alpha_init,
                           p.tower_dims)  # steps 5 and 6
 

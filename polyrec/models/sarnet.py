@@ -96,6 +96,9 @@ class SARNet(MultiTaskModel):
         d_bias = d * (int(p.debias_scenario) + len(self.debias_idx))  # no intercept: the base rate is the main net's
         self.task_debias = (nn.Parameter(torch.empty(d_bias, self.n_tasks).uniform_(-d_bias ** -0.5, d_bias ** -0.5))
                             if d_bias else None)
+        # the numeric field vectors are unread when no attention reads them (flat() uses the raw values)
+        self.not_shared(self.task_gates, self.towers, self.task_debias,
+                        self.embedding.numeric_vectors if self.embedding.seq_names else None)
 
     def behaviour_reads(self, batch: Batch, x: torch.Tensor, e_s: torch.Tensor) -> list[torch.Tensor]:
         q = self.query(torch.cat([x[:, : self.n_cat * self.embed_dim], e_s], dim=1))  # flat starts with the cat fields
@@ -120,11 +123,6 @@ class SARNet(MultiTaskModel):
                 bias_in.append(self.embedding.fields(batch)[:, self.debias_idx].flatten(1))
             logits = logits + torch.cat(bias_in, dim=1) @ self.task_debias
         return logits
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """The default (all but towers and task_*), less the numeric field vectors when no attention reads them."""
-        unused = self.embedding.numeric_vectors if self.embedding.seq_names else None  # flat() uses raw values
-        return [p for p in super().shared_parameters() if p is not unused]
 
     def last_shared_layer(self) -> nn.Parameter:
         """GradNorm's W: the shared experts' last layer (scenario experts serve one scenario's rows)."""

@@ -27,6 +27,7 @@ class SharedBottom(MultiTaskModel):
         self.bottom = MLP(self.embedding.flat_dim, p.bottom_dims, None, p.dropout, p.activation, p.batch_norm)
         self.towers = ParallelMLP(self.n_tasks, self.bottom.out_dim, p.tower_dims, 1, p.dropout,
                                   p.activation, p.batch_norm)
+        self.not_shared(self.towers)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.towers(self.bottom(self.embedding.flat(batch))).squeeze(-1)

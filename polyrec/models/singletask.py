@@ -29,13 +29,11 @@ class SingleTask(MultiTaskModel):
         in_dim = self.task_embeddings[0].flat_dim
         self.towers = ParallelMLP(self.n_tasks, in_dim, params.hidden_dims, 1, params.dropout,
                                   params.activation, params.batch_norm)
+        self.not_shared(self.task_embeddings, self.towers)  # nothing is shared
 
     def forward(self, batch: Batch) -> torch.Tensor:
         x = torch.stack([emb.flat(batch) for emb in self.task_embeddings], dim=1)  # [B, T, in]
         return self.towers(x).squeeze(-1)
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return []
 
     def last_shared_layer(self) -> nn.Parameter | None:
         """GradNorm's W: nothing is shared."""

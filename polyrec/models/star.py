@@ -60,6 +60,7 @@ class STAR(MultiTaskModel):
         self.domain_idx = field_index(spec, p.domain_fields, "star domain_fields")
         d_aux = embed_dim * (1 + len(self.domain_idx))
         self.task_aux = ParallelMLP(self.n_tasks, d_aux, p.aux_dims, 1, 0.0, p.activation)
+        self.not_shared(self.task_out, self.task_aux)
         self.act = activation(p.activation)
         self.dropout = nn.Dropout(p.dropout) if p.dropout > 0 else nn.Identity()
 

@@ -20,6 +20,7 @@ import yaml
 
 from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
+from polyrec.utils.registry import Registry
 
 
 @dataclass
@@ -129,12 +130,10 @@ def seeded_holdout(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Tabl
     return table.take(np.sort(perm[cut:])), table.take(np.sort(perm[:cut]))
 
 
-RECIPES: dict[str, Recipe] = {}
+# name -> a recipe instance; third-party recipes register through the `polyrec.recipes` entry-point group
+RECIPES: Registry[Recipe] = Registry("dataset", make=lambda cls: cls(), entry_point_group="polyrec.recipes")
 
 
 def register_recipe(cls: type[Recipe]) -> type[Recipe]:
-    """Class decorator: the recipe under its `name` (a name registered twice is an error, as for models)."""
-    if cls.name in RECIPES:
-        raise ValueError(f"dataset recipe {cls.name!r} registered twice")
-    RECIPES[cls.name] = cls()
-    return cls
+    """Class decorator: an instance of the recipe under its `name` (a name registered twice is an error)."""
+    return RECIPES.register(cls.name)(cls)

@@ -72,7 +72,7 @@ def derive(dataset: str | None, table: pa.Table) -> pa.Table:
     """The recipe's derived columns when the recipe is known here (built-in or registered); else the table as is."""
     from polyrec.recipes.base import RECIPES
 
-    recipe = RECIPES.get(dataset or "")
+    recipe = RECIPES.get(dataset or "", None)
     return recipe.derive(table) if recipe is not None else table
 
 

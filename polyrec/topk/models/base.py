@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
+from polyrec.data.schema import validate_params
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.models.base import Head, ModelParams
+from polyrec.models.sharing import DeclaresSharing
 from polyrec.topk.types import KnowledgeGraph, TopKData
-from polyrec.utils.registry import registrar
+from polyrec.utils.registry import Registry
 
 
 @dataclass
@@ -60,8 +61,9 @@ def check_graph(info: TopKInfo) -> None:
             raise PolyrecError(f"Knowledge graph {name} ids out of range [0, {n}).")
 
 
-class TopKModel(nn.Module):
-    """Base class; subclasses set `Params` (and the flags) and implement `score`."""
+class TopKModel(DeclaresSharing):
+    """Base class; subclasses set `Params` (and the flags), declare their task-specific parts with
+    `not_shared(...)` (polyrec.models.sharing) and implement `score`."""
 
     Params: ClassVar[type[ModelParams]] = ModelParams
     pairwise: ClassVar[bool] = False  # True: BPR on the target task only; False: BCE per head
@@ -124,10 +126,6 @@ class TopKModel(nn.Module):
         last training `score` call's, `labels` [B, T] in task order (pointwise models)."""
         return None
 
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """What gradient balancers act on: by convention every parameter not under `towers*`/`task_*`."""
-        return [p for n, p in self.named_parameters() if not n.startswith(("towers", "task_"))]
-
     def last_shared_layer(self) -> nn.Parameter | None:
         """GradNorm's W (see polyrec.models.base.MultiTaskModel.last_shared_layer); each model declares it."""
         raise NotImplementedError(f"{type(self).__name__} does not declare last_shared_layer()")
@@ -157,20 +155,10 @@ class DotProductModel(TopKModel):
         return u[users] @ i.T
 
 
-TOPK_MODELS: dict[str, type[TopKModel]] = {}
+TOPK_MODELS: Registry[type[TopKModel]] = Registry("top-K model")
 
 
-register_topk: Callable[[str], Callable[[type[TopKModel]], type[TopKModel]]] = registrar(TOPK_MODELS, "top-K model")
-
-
-def validate_params(name: str, cls: type[ModelParams], raw: dict[str, Any]) -> ModelParams:
-    try:
-        return cls(**raw)
-    except ValidationError as exc:
-        from polyrec.data.schema import format_validation_error
-
-        raise PolyrecError(f"Invalid parameters for model {name!r}: "
-                           f"{format_validation_error(exc, cls.model_fields)}") from None
+register_topk: Callable[[str], Callable[[type[TopKModel]], type[TopKModel]]] = TOPK_MODELS.register
 
 
 def topk_model_names() -> list[str]:
@@ -189,7 +177,7 @@ def topk_model_params(name: str, params: dict[str, Any] | None = None) -> ModelP
     from polyrec.models.base import MODELS, model_params
 
     if name in TOPK_MODELS:
-        return validate_params(name, TOPK_MODELS[name].Params, dict(params or {}))
+        return validate_params(TOPK_MODELS[name].Params, dict(params or {}), f"parameters for model {name!r}")
     if name in MODELS:
         return model_params(name, dict(params or {}))
     raise unknown_name("model", name, topk_model_names())
@@ -205,7 +193,7 @@ def build_topk_model(name: str, info: TopKInfo, embed_dim: int, params: dict[str
     raw = dict(params or {})
     if name in TOPK_MODELS:
         cls = TOPK_MODELS[name]
-        return cls(info, embed_dim, validate_params(name, cls.Params, raw))
+        return cls(info, embed_dim, validate_params(cls.Params, raw, f"parameters for model {name!r}"))
     if name in MODELS:
         return CTRAdapter(name, info, embed_dim, raw)
     raise unknown_name("model", name, topk_model_names())

@@ -92,6 +92,7 @@ class WAATA(TopKModel):
         self.task_gates = ParallelMLP(t, 2 * m * d, [], m * d)  # W_g^k, b_g^k
         self.task_aux_heads = ParallelMLP(t * m, d, [], 1) if self.use_aux else None  # head_{k,m}
         self.towers = ParallelMLP(t, m * d, p.tower_dims, 1, p.dropout, p.activation, p.batch_norm)
+        self.not_shared(self.task_extractors, self.task_gates, self.task_aux_heads, self.towers)
         self._features: tuple[torch.Tensor, torch.Tensor] | None = None  # (S, P) of the last training score
 
     def encode(self) -> torch.Tensor:
