@@ -267,6 +267,47 @@ def test_rank_errors(trained, clients):
     assert r.status_code == 422
 
 
+def _columns(objs):
+    keys = dict.fromkeys(k for o in objs for k in o)
+    return {k: [o[k] for o in objs] for k in keys}
+
+
+def test_columnar_forms_equal_the_list_forms(trained, clients):
+    """/score {"columns"} and /rank {"candidate_columns"} give exactly what the list-of-objects forms give."""
+    c = clients["torch"]
+    rows = rows_of(trained["raw_test"], 50)
+    by_rows = c.post(f"/v1/models/{NAME}/score", json={"rows": rows}).json()
+    by_cols = c.post(f"/v1/models/{NAME}/score", json={"columns": _columns(rows)})
+    assert by_cols.status_code == 200, by_cols.text
+    assert by_cols.json() == by_rows
+    req = _rank_request(trained, 50, top_k=7)
+    ranked = c.post(f"/v1/models/{NAME}/rank", json=req).json()
+    cands = req.pop("candidates")
+    cols = {**req, "candidate_columns": _columns(cands)}
+    got = c.post(f"/v1/models/{NAME}/rank", json=cols)
+    assert got.status_code == 200, got.text
+    assert got.json() == ranked and len(ranked["candidates"]) == 7
+
+
+def test_columnar_form_errors_name_the_column(trained, clients):
+    c = clients["torch"]
+    cols = _columns(rows_of(trained["raw_test"], 4))
+    r = c.post(f"/v1/models/{NAME}/score", json={"columns": {**cols, "x": cols["x"][:3]}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "columns", "x"]
+    r = c.post(f"/v1/models/{NAME}/score", json={"columns": {k: v for k, v in cols.items() if k != "tags"}})
+    assert r.status_code == 422 and ["body", "columns", "tags"] in [e["loc"] for e in r.json()["detail"]]
+    r = c.post(f"/v1/models/{NAME}/score", json={"columns": {**cols, "x": [1.0, "high", 2.0, 3.0]}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:4] == ["body", "columns", "x", 1]
+    r = c.post(f"/v1/models/{NAME}/rank", json={"context": {}, "candidate_columns": {"item_id": [1, 2]}})
+    assert r.status_code == 422 and {tuple(e["loc"]) for e in r.json()["detail"]} >= {
+        ("body", "candidate_columns", "user_id"), ("body", "candidate_columns", "x")}
+    for body in ({"rows": [], "columns": cols}, {}):
+        r = c.post(f"/v1/models/{NAME}/score", json=body)
+        assert r.status_code == 422 and "exactly one of 'rows'" in r.text
+    r = c.post(f"/v1/models/{NAME}/rank", json={"context": {}})
+    assert r.status_code == 422 and "candidate_columns" in r.text
+
+
 def test_torch_and_onnx_give_the_same_ranking(trained, clients):
     req = _rank_request(trained, 300)
     seen, unique = set(), []
