@@ -362,3 +362,85 @@ fuzzed = schemathesis.pytest.from_fixture("served_schema")
 def test_schemathesis_finds_no_server_error(case):
     """Generated valid and invalid requests against every documented operation: never a 5xx."""
     case.call_and_validate(checks=[not_a_server_error])
+
+
+# --- a files run with derive + joins ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory, polyrec_env):
+    """MovieLens-1M-shaped files: ratings.dat joined with users.dat and movies.dat; age_bucket (the scenario)
+    and hour (a feature) derived; a tiny MMoE trained on them and exported."""
+    import yaml
+
+    d = tmp_path_factory.mktemp("joined")
+    pairs = [(u, i) for u in range(1, 31) for i in range(10)]
+    (d / "ratings.dat").write_text("".join(f"{u}::{i:02d}::{(u * i + u) % 5 + 1}::{1_000_000 + k * 3701}\n"
+                                           for k, (u, i) in enumerate(pairs)))
+    (d / "users.dat").write_text("".join(f"{u}::{'MF'[u % 2]}::{[1, 25, 45][u % 3]}\n" for u in range(1, 31)))
+    (d / "movies.dat").write_text("".join(f"{i:02d}::Film {i} (199{i})::{['Drama', 'Comedy|Drama', 'War'][i % 3]}\n"
+                                          for i in range(10)))
+    schema = {"derive": {"like": "rating > 3", "click": "rating > 2",
+                         "age_bucket": {"column": "age", "buckets": [25, 35]},
+                         "hour": {"column": "ts", "time_part": "hour", "type": "string"}},
+              "features": [{"name": "user_id", "type": "categorical"}, {"name": "item_id", "type": "categorical"},
+                           {"name": "gender", "type": "categorical"}, {"name": "hour", "type": "categorical"},
+                           {"name": "genres", "type": "sequence", "sep": "|", "max_len": 3}],
+              "scenario": {"name": "age_bucket"}, "tasks": [{"name": "click"}, {"name": "like"}], "user": "user_id"}
+    (d / "ml.yaml").write_text(yaml.safe_dump(schema))
+    side = "delimiter: '::', header: false"
+    (d / "c.yaml").write_text(f"""data:
+  schema_file: {d / 'ml.yaml'}
+  files:
+    train: {d / 'ratings.dat'}
+    delimiter: '::'
+    header: false
+    columns: [user_id, item_id, rating, ts]
+    joins:
+      - {{path: {d / 'users.dat'}, on: user_id, {side}, columns: [user_id, gender, age]}}
+      - {{path: {d / 'movies.dat'}, on: item_id, {side}, columns: [item_id, title, genres]}}
+""")
+    cfg = load_config(d / "c.yaml", [
+        "model.name=mmoe", "model.embed_dim=4", "model.n_experts=2", "model.expert_dims=[8]",
+        "model.tower_dims=[4]", "train.epochs=1", "train.batch_size=64", "train.progress=false", "train.seed=1",
+        "train.patience=0", "train.tensorboard=false", "train.threads=1"])
+    train_run(cfg, d / "run", log=lambda _: None)
+    export_bundle(d / "run", d / "ml", log=lambda _: None)
+    for f in ("users.dat", "movies.dat", "ratings.dat"):  # the bundle needs none of the data files
+        (d / f).rename(d / f"{f}.moved")
+    return d
+
+
+def test_derive_and_join_bundle_asks_raw_columns_and_matches_predict(joined):
+    from polyrec.serve.predict import predict_file
+
+    bundle = load_bundle(joined / "ml")
+    assert [j["file"] for j in bundle.info["joins"]] == ["joins/0.parquet", "joins/1.parquet"]
+    assert "title" not in bundle.joins[1][0].column_names  # only the columns the schema reads are kept
+    client = TestClient(create_app([bundle]))
+    (meta,) = client.get("/v1/models").json()["models"]
+    assert {f["name"]: f["type"] for f in meta["features"]} == {"user_id": "categorical", "item_id": "categorical",
+                                                                "ts": "raw"}
+    rows = [(u, i, 1_000_000 + 3701 * k) for k, (u, i) in enumerate([(1, 0), (2, 3), (7, 9), (30, 5), (4, 4)])]
+    rows += [(999, 3, 1_000_000), (5, 77, 2_000_000)]  # an unseen user and an unseen item: no side row
+    lines = "".join(f"{u}::{i if i == 77 else f'{i:02d}'}::3::{t}\n" for u, i, t in rows)
+    (joined / "new.dat").write_text(lines)
+    (joined / "users.dat.moved").rename(joined / "users.dat")  # predict joins the side files itself
+    (joined / "movies.dat.moved").rename(joined / "movies.dat")
+    try:
+        predict_file(joined / "run", joined / "new.dat", joined / "want.parquet")
+    finally:
+        (joined / "users.dat").rename(joined / "users.dat.moved")
+        (joined / "movies.dat").rename(joined / "movies.dat.moved")
+    want = pq.read_table(joined / "want.parquet")
+    body = {"rows": [{"user_id": u, "item_id": i if i == 77 else f"{i:02d}", "ts": t} for u, i, t in rows]}
+    r = client.post("/v1/models/ml/score", json=body)
+    assert r.status_code == 200, r.text
+    for head in ("click", "like"):
+        np.testing.assert_allclose(r.json()["scores"][head], want[head].to_numpy(), atol=1e-6)
+    scen = r.json()["scenarios"]
+    assert scen[:4] == ["25-35", ">=35", "25-35", "<25"] and scen[5] == "<unknown>"  # ages from users.dat
+    # the raw column is required; a wrong type names it
+    r = client.post("/v1/models/ml/score", json={"rows": [{"user_id": 1, "item_id": "01"}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "rows", 0, "ts"]
+    r = client.post("/v1/models/ml/rank", json={"context": {"user_id": 2, "ts": 1_000_000},
+                                                "candidate_columns": {"item_id": ["01", "02", "77"]}})
+    assert r.status_code == 200 and sorted(c["id"] for c in r.json()["candidates"]) == ["01", "02", "77"]

@@ -112,6 +112,14 @@ def id_array(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
+def raw_array(values: list[Any]) -> pa.Array:
+    """A raw (pre-derive) column: numbers or strings as given; a column mixing both as strings."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
 def sequence_array(values: list[Any], sep: str) -> pa.Array:
     """A string column when every value is a string ("a|b"), else list<string> (null = empty sequence).
     Arrow converts either form in C; only a column mixing strings and lists is converted row by row."""
@@ -141,6 +149,8 @@ def build_table(served: Served, values: dict[str, list[Any]], n: int) -> pa.Tabl
             arrays[col.name] = pa.array(vals, type=pa.float64())
         elif col.kind == "sequence":
             arrays[col.name] = sequence_array(vals, seps[col.name])
+        elif col.kind == "raw":
+            arrays[col.name] = raw_array(vals)
         elif col.required or vals.count(None) < len(vals):
             arrays[col.name] = id_array(vals)
     table = pa.table(arrays) if arrays else pa.table({"_": pa.nulls(n)})
@@ -269,8 +279,9 @@ def serve_bundle(bundle: Bundle, backend: str = "torch", threads: int | None = N
     heads = [h.name for h in bundle.heads]
     fusion = Fusion.model_validate(bundle.info.get("fusion") or {}).resolved(
         heads, [h.name for h in bundle.heads if h.kind == "binary" and h.train])
-    return Served(bundle, make_backend(bundle, backend, threads), build_models(bundle.name, bundle.encoders.schema,
-                                                                               heads), fusion, default_id_field(bundle))
+    keys = list(dict.fromkeys(k for _, ks, _ in bundle.joins for k in ks))
+    models = build_models(bundle.name, bundle.encoders.schema, heads, bundle.joined_columns, keys)
+    return Served(bundle, make_backend(bundle, backend, threads), models, fusion, default_id_field(bundle))
 
 
 def create_app(bundles: list[Bundle | str | Path], backend: str = "torch", threads: int | None = None,

@@ -36,35 +36,40 @@ class Column:
     required: bool
 
 
-def columns(schema: Schema) -> list[Column]:
-    cols: list[Column] = []
-    seen: set[str] = set()
+def columns(schema: Schema, joined: set[str] | frozenset[str] = frozenset(),
+            join_keys: list[str] | None = None) -> list[Column]:
+    """The raw columns a request carries: what the schema reads before its `derive` step (the inputs of
+    derived columns, not the derived ones), less what the bundle's side tables bring (`joined`), plus
+    their join keys."""
+    from polyrec.data.derive import raw_columns
 
-    def add(name: str, kind: str, required: bool) -> None:
-        if name in seen:
-            return
-        seen.add(name)
-        cols.append(Column(name, kind, required))
-
-    for f in schema.features:
-        kind = "categorical" if isinstance(f, CategoricalFeature) else "numeric" if isinstance(f, NumericFeature) \
-            else "sequence"
-        add(f.source, kind, True)
+    kinds = {f.source: "categorical" if isinstance(f, CategoricalFeature) else "numeric"
+             if isinstance(f, NumericFeature) else "sequence" for f in schema.features}
     if schema.scenario is not None:
-        add(schema.scenario.source, "scenario", False)
+        kinds.setdefault(schema.scenario.source, "scenario")
     if schema.user is not None:
-        add(schema.user, "user", False)
+        kinds.setdefault(schema.user, "user")
+    raw = raw_columns(schema, with_labels=False, aggregated=False) if schema.derive else schema.input_columns()
+    cols: list[Column] = []
+    for name in dict.fromkeys([*(join_keys or []), *raw]):
+        if name in joined:
+            continue
+        kind = kinds.get(name, "key" if name in (join_keys or []) else "raw")
+        cols.append(Column(name, kind, kind not in ("scenario", "user")))
     return cols
 
 
+Raw = Optional[Union[int, Annotated[float, Field(allow_inf_nan=False)], str]]
 _TYPES: dict[str, Any] = {"categorical": Id, "numeric": Number, "sequence": Sequence,
-                          "scenario": Optional[Id], "user": Optional[Id]}
+                          "scenario": Optional[Id], "user": Optional[Id], "key": Id, "raw": Raw}
 _DOCS = {"categorical": "categorical id (unseen ids map to the out-of-vocabulary id)",
          "numeric": "number; null = missing (filled with the training statistic)",
          "sequence": "sequence of ids: a separator-joined string or a list",
          "scenario": "scenario; absent, null or unseen = derived by the recipe where it can be, else the "
                      "unknown-scenario slot (id 0)",
-         "user": "user id (groups only; optional)"}
+         "user": "user id (groups only; optional)",
+         "key": "join key: the bundle joins its side table on it (an unseen key = missing side columns)",
+         "raw": "raw column the schema derives features from (as in the training files)"}
 
 
 def _typed_dict(name: str, cols: list[Column], all_optional: bool, columnar: bool = False) -> type:
@@ -95,10 +100,11 @@ class Models:
     RankResponse: type[BaseModel]
 
 
-def build_models(prefix: str, schema: Schema, heads: list[str]) -> Models:
+def build_models(prefix: str, schema: Schema, heads: list[str], joined: set[str] | frozenset[str] = frozenset(),
+                 join_keys: list[str] | None = None) -> Models:
     """Pydantic models for /score and /rank of one bundle (`prefix` keeps names unique across bundles)."""
     p = re.sub(r"\W", "_", prefix).title().replace("_", "")
-    cols = columns(schema)
+    cols = columns(schema, joined, join_keys)
     row = _typed_dict(f"{p}Row", cols, all_optional=False)
     partial = _typed_dict(f"{p}Features", cols, all_optional=True)
     row_cols = _typed_dict(f"{p}Columns", cols, all_optional=False, columnar=True)
