@@ -350,8 +350,8 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def served_schema(trained):
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app([trained["bundle"]]))
+def served_schema(trained, topk_bundles):
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app([trained["bundle"], topk_bundles["mf"]["bundle"]]))
 
 
 fuzzed = schemathesis.pytest.from_fixture("served_schema")
@@ -444,3 +444,82 @@ def test_derive_and_join_bundle_asks_raw_columns_and_matches_predict(joined):
     r = client.post("/v1/models/ml/rank", json={"context": {"user_id": 2, "ts": 1_000_000},
                                                 "candidate_columns": {"item_id": ["01", "02", "77"]}})
     assert r.status_code == 200 and sorted(c["id"] for c in r.json()["candidates"]) == ["01", "02", "77"]
+
+
+# --- top-K bundles and /recommend ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def topk_bundles(tmp_path_factory):
+    """Tiny mf (dot product: user/item vectors) and waata (its own scorer: a stored score matrix) runs on the
+    synthetic top-K data of test_topk_run, exported; the loader is replaced only while training/exporting."""
+    import polyrec.topk.run as topk_run
+    from helpers import quiet
+    from test_topk_run import SMALL_GRAPH, cfg, tiny_data
+
+    root = tmp_path_factory.mktemp("topk")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: tiny_data())
+    out = {}
+    try:
+        for model, params in (("mf", {}), ("waata", {**SMALL_GRAPH, "expert_dims": [8], "tower_dims": [4]})):
+            train_run(cfg(model, "train.epochs=2", **params), root / f"run-{model}", log=quiet)
+            export_bundle(root / f"run-{model}", root / model, log=quiet)
+            run = topk_run.load_topk_run(root / f"run-{model}", log=quiet)
+            with torch.inference_mode():
+                scores = run.model.score_all(torch.arange(len(run.data.user_ids)), run.model.encode()).float().numpy()
+            out[model] = {"bundle": root / model, "scores": scores, "data": run.data}
+    finally:
+        mp.undo()
+    return out
+
+
+def test_recommend_returns_the_models_top_k_without_seen_items(topk_bundles):
+    mf, wa = (load_bundle(topk_bundles[m]["bundle"]) for m in ("mf", "waata"))
+    assert mf.info["scorer"] == "dot" and wa.info["scorer"] == "matrix"
+    client = TestClient(create_app([mf, wa]))
+    assert {m["name"]: m["kind"] for m in client.get("/v1/models").json()["models"]} == {"mf": "topk", "waata": "topk"}
+    for name, t in topk_bundles.items():
+        data, scores = t["data"], t["scores"]
+        for u in (0, 5, 17):
+            seen = set()
+            for split in data.splits.values():
+                seen |= set(split.item[split.user == u].tolist())
+            s = scores[u].astype(np.float64)
+            want = [i for i in np.argsort(-s, kind="stable") if i not in seen][:7]
+            r = client.post(f"/v1/models/{name}/recommend", json={"user_id": data.user_ids[u], "k": 7})
+            assert r.status_code == 200, r.text
+            items = r.json()["items"]
+            assert [x["item_id"] for x in items] == [data.item_ids[i] for i in want], (name, u)
+            assert [x["title"] for x in items] == [data.item_titles[i] for i in want]
+            np.testing.assert_allclose([x["score"] for x in items], s[want], rtol=1e-5, atol=1e-5)
+            assert not {x["item_id"] for x in items} & {data.item_ids[i] for i in seen}
+            every = client.post(f"/v1/models/{name}/recommend", json={
+                "user_id": int(data.user_ids[u]), "k": 1000, "exclude_seen": False}).json()["items"]
+            assert len(every) == len(data.item_ids)  # k is capped by the catalogue; ints name the same user
+
+
+def test_recommend_errors(topk_bundles):
+    client = TestClient(create_app([topk_bundles["mf"]["bundle"]]))
+    r = client.post("/v1/models/mf/recommend", json={"user_id": "nobody", "k": 5})
+    assert r.status_code == 404 and "Unknown user 'nobody'" in r.json()["detail"]
+    for k in (0, 1001, "many"):
+        r = client.post("/v1/models/mf/recommend", json={"user_id": "100", "k": k})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "k"]
+    r = client.post("/v1/models/mf/recommend", json={"k": 5})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "user_id"]
+    r = client.post("/v1/models/mf/rank", json={"candidates": []})
+    assert r.status_code == 404 and "use recommend" in r.json()["detail"]
+
+
+def test_topk_export_refuses_onnx_and_an_oversized_score_matrix(topk_bundles, tmp_path, monkeypatch):
+    import polyrec.serve.topk as topk_mod
+    import polyrec.topk.run as topk_run
+    from test_topk_run import tiny_data
+
+    run = Path(str(topk_bundles["waata"]["bundle"]).replace("/waata", "/run-waata"))
+    with pytest.raises(PolyrecError, match="no ONNX graph"):
+        export_bundle(run, tmp_path / "x", onnx=True, log=lambda _: None)
+    monkeypatch.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: tiny_data())
+    monkeypatch.setattr(topk_mod, "MAX_MATRIX_FLOATS", 100)
+    with pytest.raises(PolyrecError, match="'waata' is not a dot-product model"):
+        export_bundle(run, tmp_path / "y", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []

@@ -284,21 +284,24 @@ def serve_bundle(bundle: Bundle, backend: str = "torch", threads: int | None = N
     return Served(bundle, make_backend(bundle, backend, threads), models, fusion, default_id_field(bundle))
 
 
-def create_app(bundles: list[Bundle | str | Path], backend: str = "torch", threads: int | None = None,
+def create_app(bundles: list[Any], backend: str = "torch", threads: int | None = None,
                max_rows: int = MAX_ROWS, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
-    """A FastAPI app serving `bundles` (loaded Bundle objects or bundle folders)."""
+    """A FastAPI app serving `bundles` (loaded Bundle / TopKBundle objects or bundle folders)."""
     fastapi = need("fastapi")
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    loaded = [b if isinstance(b, Bundle) else load_bundle(b) for b in bundles]
+    from polyrec.serve.topk import TopKBundle, add_recommend_route
+
+    loaded = [b if isinstance(b, (Bundle, TopKBundle)) else load_bundle(b) for b in bundles]
     if not loaded:
         raise PolyrecError("Give at least one bundle to serve.")
     names = [b.name for b in loaded]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PolyrecError(f"Two bundles are named {dupes}: re-export one with another --name.")
-    served = {b.name: serve_bundle(b, backend, threads) for b in loaded}
+    served: dict[str, Served | TopKBundle] = {
+        b.name: b if isinstance(b, TopKBundle) else serve_bundle(b, backend, threads) for b in loaded}
     app = FastAPI(title="polyrec", version=__version__,
                   description="Multi-task, multi-scenario scoring and ranking of exported polyrec bundles.")
     app.state.served = served
@@ -321,12 +324,17 @@ def create_app(bundles: list[Bundle | str | Path], backend: str = "torch", threa
         return {"models": [s.metadata() for s in served.values()]}
 
     for name, s in served.items():
-        _add_routes(app, name, s, max_rows)
+        if isinstance(s, TopKBundle):
+            add_recommend_route(app, s)
+        else:
+            _add_routes(app, name, s, max_rows)
 
     @app.api_route("/v1/models/{name}/{action}", methods=["GET", "POST"], include_in_schema=False)
     def unknown_model(name: str, action: str) -> JSONResponse:
         if name in served:
-            return JSONResponse({"detail": f"Unknown endpoint {action!r}; use score or rank."}, status_code=404)
+            use = "recommend (a top-K model)" if isinstance(served[name], TopKBundle) else "score or rank"
+            return JSONResponse({"detail": f"Unknown endpoint {action!r} for model {name!r}; use {use}."},
+                                status_code=404)
         return JSONResponse({"detail": f"Unknown model {name!r}.{close_matches(name, served)} "
                                        f"Served: {', '.join(served)}."}, status_code=404)
 

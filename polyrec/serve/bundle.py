@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,9 @@ from polyrec.errors import PolyrecError
 from polyrec.models import ModelSpec
 from polyrec.models.base import Head, MultiTaskModel
 from polyrec.utils.io import atomic_directory, atomic_write_text, read_json
+
+if TYPE_CHECKING:
+    from polyrec.serve.topk import TopKBundle
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILES = ("bundle.json", "model.safetensors", "encoders.json", "spec.json", "metrics.json")
@@ -227,7 +230,8 @@ def check_rows_table(spec_info: dict[str, Any], rows: pa.Table | None) -> tuple[
 def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows: pa.Table | None = None,
                   name: str | None = None, fusion: dict[str, Any] | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export a finished CTR run to a bundle folder `out` (which must not exist); returns bundle.json."""
+    """Export a finished run to a bundle folder `out` (which must not exist); returns bundle.json. Top-K runs
+    (spec.json kind "topk") give a top-K bundle (polyrec.serve.topk)."""
     from polyrec.serve.fusion import Fusion
     from polyrec.train.run import load_run
 
@@ -236,7 +240,12 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows
         raise PolyrecError(f"{out} already exists: choose another --out, or delete it first.")
     spec_path = run_dir / "spec.json"
     if spec_path.exists() and read_json(spec_path).get("kind") == "topk":
-        raise PolyrecError(f"{run_dir} is a top-K run: exporting top-K runs is not supported yet (CTR runs only).")
+        from polyrec.serve.topk import export_topk_bundle
+
+        if onnx:
+            raise PolyrecError(f"{run_dir} is a top-K run: its bundle is served by numpy (a dot product over "
+                               "stored vectors, or stored scores), there is no ONNX graph; export without --onnx.")
+        return export_topk_bundle(run_dir, out, name, log)
     run = load_run(run_dir)
     spec_info = read_json(spec_path)
     metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
@@ -317,19 +326,26 @@ def _export_checked(run: Any, spec_info: dict[str, Any], rows: pa.Table | None, 
 
 
 # --- load -------------------------------------------------------------------------------------
-def load_bundle(path: str | Path) -> Bundle:
-    """A bundle folder -> model (eval mode), encoders, metadata. Needs no run folder and no data."""
+def load_bundle(path: str | Path) -> "Bundle | TopKBundle":
+    """A bundle folder -> model (eval mode), encoders, metadata (or, for a top-K bundle, its vectors and
+    seen items). Needs no run folder and no data."""
     from polyrec.train.run import rebuild_model
 
     path = Path(path)
     if not path.is_dir():
         raise PolyrecError(f"Bundle not found: {path} is not a folder (create one with `polyrec export`).")
-    for fname in BUNDLE_FILES:
-        if not (path / fname).exists():
-            raise PolyrecError(f"{path} is not a polyrec bundle: {fname} is missing.")
+    if not (path / "bundle.json").exists():
+        raise PolyrecError(f"{path} is not a polyrec bundle: bundle.json is missing.")
     info = read_json(path / "bundle.json")
     if info.get("format") != BUNDLE_FORMAT:
         raise PolyrecError(f"{path}: bundle format {info.get('format')!r} is not {BUNDLE_FORMAT}; re-export it.")
+    if info.get("kind") == "topk":
+        from polyrec.serve.topk import load_topk_bundle
+
+        return load_topk_bundle(path, info)
+    for fname in BUNDLE_FILES:
+        if not (path / fname).exists():
+            raise PolyrecError(f"{path} is not a polyrec bundle: {fname} is missing.")
     spec, model = rebuild_model(path / "spec.json", path / "model.safetensors", "re-export the bundle")
     joins = []
     for j in info.get("joins") or []:
