@@ -93,9 +93,13 @@ def bare_forward_ms(bundle, backend: str, rows: list[dict], threads: int | None,
     return 1000 * float(np.median(times))
 
 
-async def run_cell(url: str, body: dict, n_requests: int, concurrency: int, time_limit: float) -> dict:
+async def run_cell(url: str, body: dict, n_requests: int, concurrency: int, time_limit: float,
+                   warmup: int = 5) -> dict:
     import httpx
 
+    async with httpx.AsyncClient(timeout=60.0) as client:  # first requests pay one-off costs: not timed
+        for _ in range(warmup):
+            await client.post(url, json=body)
     latencies: list[float] = []
     errors = 0
     sent = 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl  # imported here, not on the first /rank: that request would pay for the import
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -351,8 +352,6 @@ def ranked_json(order: np.ndarray, ids: pa.Array, scenarios: np.ndarray, scores:
                 heads: list[str]) -> bytes:
     """The ranked candidates as a JSON array of objects, written by polars in Rust (no object per candidate
     in Python); floats in shortest round-trip form, as json.dumps writes them."""
-    import polars as pl
-
     frame = pl.DataFrame({
         "index": pl.Series(order.astype(np.int64)),
         "id": pl.from_arrow(ids.take(pa.array(order))) if len(ids) else pl.Series([], dtype=pl.Null),
