@@ -1,14 +1,16 @@
 """Serving benchmark: latency and throughput of POST /rank over real HTTP on loopback, torch vs ONNX Runtime.
 
-    python benchmarks/serving.py BUNDLE [--requests 10000] [--concurrency 1,8,32] [--candidates 100,500,2000]
-                                        [--backends torch,onnx] [--time-limit 120] [--threads N]
+    python benchmarks/serving.py BUNDLE [BUNDLE ...] [--requests 10000] [--concurrency 1,8,32]
+        [--candidates 100,500,2000] [--backends torch,onnx] [--form rows,columns] [--time-limit 120] [--threads N]
 
-For each backend it starts `polyrec serve BUNDLE` on 127.0.0.1 (a free port; never another interface), sends
+Give one bundle per model (e.g. MMoE and PLE exported from ML-1M runs). For each bundle and backend it starts
+`polyrec serve BUNDLE` on 127.0.0.1 (a free port; never another interface), sends
 at most --requests requests per (candidates, concurrency) cell with httpx (stopping early at --time-limit
 seconds per cell), and prints p50/p95/p99 latency, throughput and errors, plus the ratio of the p50 to a bare
 model forward on the same encoded rows (in this process, same threads; encoding excluded). Candidates are rows of the run's
 test split when the bundle's cache entry is present, else rows synthesised from the encoders' vocabularies.
-Bounded in count and time; loopback only.
+--form: the /rank body as a list of candidate objects ("rows", `candidates`) or as columns
+(`candidate_columns`). Bounded in count and time; loopback only.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ def free_port() -> int:
 def candidate_rows(bundle, n: int, seed: int = 0) -> list[dict]:
     """n raw rows: from the run's test split when available, else drawn from the vocabularies."""
     from polyrec.serve.bundle import check_rows_table
+    from polyrec.serve.schemas import columns
 
     table, _ = check_rows_table({"cache_entry": bundle.info["data"].get("cache_entry")}, None)
-    cols = [c for c in bundle.encoders.schema.input_columns()]
+    keys = list(dict.fromkeys(k for _, ks, _ in bundle.joins for k in ks))
+    cols = [c.name for c in columns(bundle.encoders.schema, bundle.joined_columns, keys)]
     if table is not None and all(c in table.column_names for c in cols):
         idx = np.random.default_rng(seed).integers(0, table.num_rows, n)
         rows = table.take(idx).select(cols).to_pylist()
@@ -62,12 +66,15 @@ def candidate_rows(bundle, n: int, seed: int = 0) -> list[dict]:
     return [dict(zip(out, vals)) for vals in zip(*out.values())]
 
 
-def rank_request(bundle, rows: list[dict]) -> dict:
-    """One context (the first row's user-side features) and the rows as candidates."""
+def rank_request(bundle, rows: list[dict], form: str = "rows") -> dict:
+    """One context (the first row's user-side features) and the rows as candidates (objects or columns)."""
     s = bundle.encoders.schema
     item_like = [f.source for f in s.features if "item" in f.source.lower() or f.type == "sequence"]
     ctx = {k: v for k, v in rows[0].items() if k not in item_like}
-    return {"context": ctx, "candidates": [{k: r[k] for k in item_like if k in r} for r in rows]}
+    cands = [{k: r[k] for k in item_like if k in r} for r in rows]
+    if form == "columns":
+        return {"context": ctx, "candidate_columns": {k: [c[k] for c in cands] for k in cands[0]}}
+    return {"context": ctx, "candidates": cands}
 
 
 def bare_forward_ms(bundle, backend: str, rows: list[dict], threads: int | None, repeats: int = 20) -> float:
@@ -86,9 +93,13 @@ def bare_forward_ms(bundle, backend: str, rows: list[dict], threads: int | None,
     return 1000 * float(np.median(times))
 
 
-async def run_cell(url: str, body: dict, n_requests: int, concurrency: int, time_limit: float) -> dict:
+async def run_cell(url: str, body: dict, n_requests: int, concurrency: int, time_limit: float,
+                   warmup: int = 5) -> dict:
     import httpx
 
+    async with httpx.AsyncClient(timeout=60.0) as client:  # first requests pay one-off costs: not timed
+        for _ in range(warmup):
+            await client.post(url, json=body)
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -137,41 +148,45 @@ def start_server(bundle_dir: Path, backend: str, port: int, threads: int | None)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", type=Path)
+    ap.add_argument("bundles", type=Path, nargs="+", help="one bundle per model (e.g. MMoE and PLE)")
     ap.add_argument("--requests", type=int, default=10_000, help="most requests per cell")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--candidates", default="100,500,2000")
     ap.add_argument("--backends", default="torch,onnx")
+    ap.add_argument("--form", default="rows", help="rows, columns or both (rows,columns)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="most seconds per cell")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
     from polyrec.serve.bundle import load_bundle
 
-    bundle = load_bundle(args.bundle)
     sizes = [int(x) for x in args.candidates.split(",")]
     concs = [int(x) for x in args.concurrency.split(",")]
-    rows = {n: candidate_rows(bundle, n) for n in sizes}
-    print(f"bundle {bundle.name} ({bundle.info['model']}); at most {args.requests} requests and "
-          f"{args.time_limit:.0f} s per cell; server on {HOST} only")
-    print(f"{'backend':8} {'cands':>6} {'conc':>5} {'reqs':>6} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'p99 ms':>8} {'req/s':>8} {'bare ms':>8} {'p50/bare':>8}")
-    for backend in args.backends.split(","):
-        port = free_port()
-        proc = start_server(args.bundle, backend, port, args.threads)
-        try:
-            url = f"http://{HOST}:{port}/v1/models/{bundle.name}/rank"
-            for n in sizes:
-                body = rank_request(bundle, rows[n])
-                bare = bare_forward_ms(bundle, backend, rows[n], args.threads)
-                for c in concs:
-                    m = asyncio.run(run_cell(url, body, args.requests, c, args.time_limit))
-                    print(f"{backend:8} {n:>6} {c:>5} {m['requests']:>6} {m['errors']:>6} {m['p50']:>8.2f} "
-                          f"{m['p95']:>8.2f} {m['p99']:>8.2f} {m['rps']:>8.1f} {bare:>8.2f} "
-                          f"{m['p50'] / bare if bare else float('nan'):>8.1f}", flush=True)
-        finally:
-            proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
-            proc.wait(timeout=30)
+    forms = args.form.split(",")
+    print(f"at most {args.requests} requests and {args.time_limit:.0f} s per cell; server on {HOST} only")
+    print(f"{'model':8} {'backend':8} {'form':8} {'cands':>6} {'conc':>5} {'reqs':>6} {'errors':>6} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'req/s':>8} {'bare ms':>8} {'p50/bare':>8}")
+    for path in args.bundles:
+        bundle = load_bundle(path)
+        rows = {n: candidate_rows(bundle, n) for n in sizes}
+        for backend in args.backends.split(","):
+            port = free_port()
+            proc = start_server(path, backend, port, args.threads)
+            try:
+                url = f"http://{HOST}:{port}/v1/models/{bundle.name}/rank"
+                for n in sizes:
+                    bare = bare_forward_ms(bundle, backend, rows[n], args.threads)
+                    for form in forms:
+                        body = rank_request(bundle, rows[n], form)
+                        for c in concs:
+                            m = asyncio.run(run_cell(url, body, args.requests, c, args.time_limit))
+                            print(f"{bundle.info['model']:8} {backend:8} {form:8} {n:>6} {c:>5} {m['requests']:>6} "
+                                  f"{m['errors']:>6} {m['p50']:>8.2f} {m['p95']:>8.2f} {m['p99']:>8.2f} "
+                                  f"{m['rps']:>8.1f} {bare:>8.2f} "
+                                  f"{m['p50'] / bare if bare else float('nan'):>8.1f}", flush=True)
+            finally:
+                proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
+                proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -267,6 +267,47 @@ def test_rank_errors(trained, clients):
     assert r.status_code == 422
 
 
+def _columns(objs):
+    keys = dict.fromkeys(k for o in objs for k in o)
+    return {k: [o[k] for o in objs] for k in keys}
+
+
+def test_columnar_forms_equal_the_list_forms(trained, clients):
+    """/score {"columns"} and /rank {"candidate_columns"} give exactly what the list-of-objects forms give."""
+    c = clients["torch"]
+    rows = rows_of(trained["raw_test"], 50)
+    by_rows = c.post(f"/v1/models/{NAME}/score", json={"rows": rows}).json()
+    by_cols = c.post(f"/v1/models/{NAME}/score", json={"columns": _columns(rows)})
+    assert by_cols.status_code == 200, by_cols.text
+    assert by_cols.json() == by_rows
+    req = _rank_request(trained, 50, top_k=7)
+    ranked = c.post(f"/v1/models/{NAME}/rank", json=req).json()
+    cands = req.pop("candidates")
+    cols = {**req, "candidate_columns": _columns(cands)}
+    got = c.post(f"/v1/models/{NAME}/rank", json=cols)
+    assert got.status_code == 200, got.text
+    assert got.json() == ranked and len(ranked["candidates"]) == 7
+
+
+def test_columnar_form_errors_name_the_column(trained, clients):
+    c = clients["torch"]
+    cols = _columns(rows_of(trained["raw_test"], 4))
+    r = c.post(f"/v1/models/{NAME}/score", json={"columns": {**cols, "x": cols["x"][:3]}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "columns", "x"]
+    r = c.post(f"/v1/models/{NAME}/score", json={"columns": {k: v for k, v in cols.items() if k != "tags"}})
+    assert r.status_code == 422 and ["body", "columns", "tags"] in [e["loc"] for e in r.json()["detail"]]
+    r = c.post(f"/v1/models/{NAME}/score", json={"columns": {**cols, "x": [1.0, "high", 2.0, 3.0]}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:4] == ["body", "columns", "x", 1]
+    r = c.post(f"/v1/models/{NAME}/rank", json={"context": {}, "candidate_columns": {"item_id": [1, 2]}})
+    assert r.status_code == 422 and {tuple(e["loc"]) for e in r.json()["detail"]} >= {
+        ("body", "candidate_columns", "user_id"), ("body", "candidate_columns", "x")}
+    for body in ({"rows": [], "columns": cols}, {}):
+        r = c.post(f"/v1/models/{NAME}/score", json=body)
+        assert r.status_code == 422 and "exactly one of 'rows'" in r.text
+    r = c.post(f"/v1/models/{NAME}/rank", json={"context": {}})
+    assert r.status_code == 422 and "candidate_columns" in r.text
+
+
 def test_torch_and_onnx_give_the_same_ranking(trained, clients):
     req = _rank_request(trained, 300)
     seen, unique = set(), []
@@ -309,8 +350,8 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def served_schema(trained):
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app([trained["bundle"]]))
+def served_schema(trained, topk_bundles):
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app([trained["bundle"], topk_bundles["mf"]["bundle"]]))
 
 
 fuzzed = schemathesis.pytest.from_fixture("served_schema")
@@ -321,3 +362,164 @@ fuzzed = schemathesis.pytest.from_fixture("served_schema")
 def test_schemathesis_finds_no_server_error(case):
     """Generated valid and invalid requests against every documented operation: never a 5xx."""
     case.call_and_validate(checks=[not_a_server_error])
+
+
+# --- a files run with derive + joins ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory, polyrec_env):
+    """MovieLens-1M-shaped files: ratings.dat joined with users.dat and movies.dat; age_bucket (the scenario)
+    and hour (a feature) derived; a tiny MMoE trained on them and exported."""
+    import yaml
+
+    d = tmp_path_factory.mktemp("joined")
+    pairs = [(u, i) for u in range(1, 31) for i in range(10)]
+    (d / "ratings.dat").write_text("".join(f"{u}::{i:02d}::{(u * i + u) % 5 + 1}::{1_000_000 + k * 3701}\n"
+                                           for k, (u, i) in enumerate(pairs)))
+    (d / "users.dat").write_text("".join(f"{u}::{'MF'[u % 2]}::{[1, 25, 45][u % 3]}\n" for u in range(1, 31)))
+    (d / "movies.dat").write_text("".join(f"{i:02d}::Film {i} (199{i})::{['Drama', 'Comedy|Drama', 'War'][i % 3]}\n"
+                                          for i in range(10)))
+    schema = {"derive": {"like": "rating > 3", "click": "rating > 2",
+                         "age_bucket": {"column": "age", "buckets": [25, 35]},
+                         "hour": {"column": "ts", "time_part": "hour", "type": "string"}},
+              "features": [{"name": "user_id", "type": "categorical"}, {"name": "item_id", "type": "categorical"},
+                           {"name": "gender", "type": "categorical"}, {"name": "hour", "type": "categorical"},
+                           {"name": "genres", "type": "sequence", "sep": "|", "max_len": 3}],
+              "scenario": {"name": "age_bucket"}, "tasks": [{"name": "click"}, {"name": "like"}], "user": "user_id"}
+    (d / "ml.yaml").write_text(yaml.safe_dump(schema))
+    side = "delimiter: '::', header: false"
+    (d / "c.yaml").write_text(f"""data:
+  schema_file: {d / 'ml.yaml'}
+  files:
+    train: {d / 'ratings.dat'}
+    delimiter: '::'
+    header: false
+    columns: [user_id, item_id, rating, ts]
+    joins:
+      - {{path: {d / 'users.dat'}, on: user_id, {side}, columns: [user_id, gender, age]}}
+      - {{path: {d / 'movies.dat'}, on: item_id, {side}, columns: [item_id, title, genres]}}
+""")
+    cfg = load_config(d / "c.yaml", [
+        "model.name=mmoe", "model.embed_dim=4", "model.n_experts=2", "model.expert_dims=[8]",
+        "model.tower_dims=[4]", "train.epochs=1", "train.batch_size=64", "train.progress=false", "train.seed=1",
+        "train.patience=0", "train.tensorboard=false", "train.threads=1"])
+    train_run(cfg, d / "run", log=lambda _: None)
+    export_bundle(d / "run", d / "ml", log=lambda _: None)
+    for f in ("users.dat", "movies.dat", "ratings.dat"):  # the bundle needs none of the data files
+        (d / f).rename(d / f"{f}.moved")
+    return d
+
+
+def test_derive_and_join_bundle_asks_raw_columns_and_matches_predict(joined):
+    from polyrec.serve.predict import predict_file
+
+    bundle = load_bundle(joined / "ml")
+    assert [j["file"] for j in bundle.info["joins"]] == ["joins/0.parquet", "joins/1.parquet"]
+    assert "title" not in bundle.joins[1][0].column_names  # only the columns the schema reads are kept
+    client = TestClient(create_app([bundle]))
+    (meta,) = client.get("/v1/models").json()["models"]
+    assert {f["name"]: f["type"] for f in meta["features"]} == {"user_id": "categorical", "item_id": "categorical",
+                                                                "ts": "raw"}
+    rows = [(u, i, 1_000_000 + 3701 * k) for k, (u, i) in enumerate([(1, 0), (2, 3), (7, 9), (30, 5), (4, 4)])]
+    rows += [(999, 3, 1_000_000), (5, 77, 2_000_000)]  # an unseen user and an unseen item: no side row
+    lines = "".join(f"{u}::{i if i == 77 else f'{i:02d}'}::3::{t}\n" for u, i, t in rows)
+    (joined / "new.dat").write_text(lines)
+    (joined / "users.dat.moved").rename(joined / "users.dat")  # predict joins the side files itself
+    (joined / "movies.dat.moved").rename(joined / "movies.dat")
+    try:
+        predict_file(joined / "run", joined / "new.dat", joined / "want.parquet")
+    finally:
+        (joined / "users.dat").rename(joined / "users.dat.moved")
+        (joined / "movies.dat").rename(joined / "movies.dat.moved")
+    want = pq.read_table(joined / "want.parquet")
+    body = {"rows": [{"user_id": u, "item_id": i if i == 77 else f"{i:02d}", "ts": t} for u, i, t in rows]}
+    r = client.post("/v1/models/ml/score", json=body)
+    assert r.status_code == 200, r.text
+    for head in ("click", "like"):
+        np.testing.assert_allclose(r.json()["scores"][head], want[head].to_numpy(), atol=1e-6)
+    scen = r.json()["scenarios"]
+    assert scen[:4] == ["25-35", ">=35", "25-35", "<25"] and scen[5] == "<unknown>"  # ages from users.dat
+    # the raw column is required; a wrong type names it
+    r = client.post("/v1/models/ml/score", json={"rows": [{"user_id": 1, "item_id": "01"}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "rows", 0, "ts"]
+    r = client.post("/v1/models/ml/rank", json={"context": {"user_id": 2, "ts": 1_000_000},
+                                                "candidate_columns": {"item_id": ["01", "02", "77"]}})
+    assert r.status_code == 200 and sorted(c["id"] for c in r.json()["candidates"]) == ["01", "02", "77"]
+
+
+# --- top-K bundles and /recommend ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def topk_bundles(tmp_path_factory):
+    """Tiny mf (dot product: user/item vectors) and waata (its own scorer: a stored score matrix) runs on the
+    synthetic top-K data of test_topk_run, exported; the loader is replaced only while training/exporting."""
+    import polyrec.topk.run as topk_run
+    from helpers import quiet
+    from test_topk_run import SMALL_GRAPH, cfg, tiny_data
+
+    root = tmp_path_factory.mktemp("topk")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: tiny_data())
+    out = {}
+    try:
+        for model, params in (("mf", {}), ("waata", {**SMALL_GRAPH, "expert_dims": [8], "tower_dims": [4]})):
+            train_run(cfg(model, "train.epochs=2", **params), root / f"run-{model}", log=quiet)
+            export_bundle(root / f"run-{model}", root / model, log=quiet)
+            run = topk_run.load_topk_run(root / f"run-{model}", log=quiet)
+            with torch.inference_mode():
+                scores = run.model.score_all(torch.arange(len(run.data.user_ids)), run.model.encode()).float().numpy()
+            out[model] = {"bundle": root / model, "scores": scores, "data": run.data}
+    finally:
+        mp.undo()
+    return out
+
+
+def test_recommend_returns_the_models_top_k_without_seen_items(topk_bundles):
+    mf, wa = (load_bundle(topk_bundles[m]["bundle"]) for m in ("mf", "waata"))
+    assert mf.info["scorer"] == "dot" and wa.info["scorer"] == "matrix"
+    client = TestClient(create_app([mf, wa]))
+    assert {m["name"]: m["kind"] for m in client.get("/v1/models").json()["models"]} == {"mf": "topk", "waata": "topk"}
+    for name, t in topk_bundles.items():
+        data, scores = t["data"], t["scores"]
+        for u in (0, 5, 17):
+            seen = set()
+            for split in data.splits.values():
+                seen |= set(split.item[split.user == u].tolist())
+            s = scores[u].astype(np.float64)
+            want = [i for i in np.argsort(-s, kind="stable") if i not in seen][:7]
+            r = client.post(f"/v1/models/{name}/recommend", json={"user_id": data.user_ids[u], "k": 7})
+            assert r.status_code == 200, r.text
+            items = r.json()["items"]
+            assert [x["item_id"] for x in items] == [data.item_ids[i] for i in want], (name, u)
+            assert [x["title"] for x in items] == [data.item_titles[i] for i in want]
+            np.testing.assert_allclose([x["score"] for x in items], s[want], rtol=1e-5, atol=1e-5)
+            assert not {x["item_id"] for x in items} & {data.item_ids[i] for i in seen}
+            every = client.post(f"/v1/models/{name}/recommend", json={
+                "user_id": int(data.user_ids[u]), "k": 1000, "exclude_seen": False}).json()["items"]
+            assert len(every) == len(data.item_ids)  # k is capped by the catalogue; ints name the same user
+
+
+def test_recommend_errors(topk_bundles):
+    client = TestClient(create_app([topk_bundles["mf"]["bundle"]]))
+    r = client.post("/v1/models/mf/recommend", json={"user_id": "nobody", "k": 5})
+    assert r.status_code == 404 and "Unknown user 'nobody'" in r.json()["detail"]
+    for k in (0, 1001, "many"):
+        r = client.post("/v1/models/mf/recommend", json={"user_id": "100", "k": k})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "k"]
+    r = client.post("/v1/models/mf/recommend", json={"k": 5})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "user_id"]
+    r = client.post("/v1/models/mf/rank", json={"candidates": []})
+    assert r.status_code == 404 and "use recommend" in r.json()["detail"]
+
+
+def test_topk_export_refuses_onnx_and_an_oversized_score_matrix(topk_bundles, tmp_path, monkeypatch):
+    import polyrec.serve.topk as topk_mod
+    import polyrec.topk.run as topk_run
+    from test_topk_run import tiny_data
+
+    run = Path(str(topk_bundles["waata"]["bundle"]).replace("/waata", "/run-waata"))
+    with pytest.raises(PolyrecError, match="no ONNX graph"):
+        export_bundle(run, tmp_path / "x", onnx=True, log=lambda _: None)
+    monkeypatch.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: tiny_data())
+    monkeypatch.setattr(topk_mod, "MAX_MATRIX_FLOATS", 100)
+    with pytest.raises(PolyrecError, match="'waata' is not a dot-product model"):
+        export_bundle(run, tmp_path / "y", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []

@@ -241,25 +241,35 @@ def _string_keys(table: pa.Table, keys: list[str]) -> pa.Table:
     return table
 
 
+def read_join(j: JoinSpec, id_columns: Iterable[str]) -> pa.Table:
+    """One side table as training reads it (ids and keys as strings), checked for unique keys."""
+    side = _string_keys(read_source(j.path, j, set(id_columns) | set(j.keys)), j.keys)
+    check_columns(side, j.keys, f"Join file {j.path}")
+    if len(j.keys) == 1 and pc.count_distinct(side[j.keys[0]]).as_py() != side.num_rows:
+        raise PolyrecError(f"Join file {j.path} has duplicate keys in {j.keys[0]!r}: each key must appear once.")
+    return side
+
+
+def join_side(table: pa.Table, side: pa.Table, keys: list[str], where: str) -> pa.Table:
+    """Left-join one side table (string keys, unique) onto the rows, keeping row order; a key the side
+    lacks leaves its columns null; a column the rows already hold is kept from the rows. Used by training,
+    `polyrec predict` and the serving bundles (whose side tables are stored as Parquet)."""
+    check_columns(table, keys, f"The rows joined with {where}")
+    table = _string_keys(table, keys)  # keys compare as strings on both sides
+    dup = [c for c in side.column_names if c in table.column_names and c not in keys]
+    if dup:
+        side = side.drop_columns(dup)
+    n = table.num_rows
+    table = table.append_column("__row", pa.array(np.arange(n, dtype=np.int64)))
+    table = table.join(side, keys=keys, join_type="left outer", use_threads=False)
+    if table.num_rows != n:
+        raise PolyrecError(f"Join file {where} has duplicate keys {keys}: the join changed the row count "
+                           f"from {n} to {table.num_rows}.")
+    return table.sort_by("__row").drop_columns(["__row"])  # joins do not keep row order
+
+
 def apply_joins(table: pa.Table, joins: list[JoinSpec], id_columns: Iterable[str]) -> pa.Table:
     """Left-join side tables (users, items) onto the rows; a key missing on either side is an error."""
-    ids = set(id_columns)
     for j in joins:
-        keys = j.keys
-        side = read_source(j.path, j, ids | set(keys))
-        check_columns(side, keys, f"Join file {j.path}")
-        check_columns(table, keys, f"The rows joined with {j.path}")
-        table, side = _string_keys(table, keys), _string_keys(side, keys)  # keys compare as strings on both sides
-        if len(keys) == 1 and pc.count_distinct(side[keys[0]]).as_py() != side.num_rows:
-            raise PolyrecError(f"Join file {j.path} has duplicate keys in {keys[0]!r}: each key must appear once.")
-        dup = [c for c in side.column_names if c in table.column_names and c not in keys]
-        if dup:
-            side = side.drop_columns(dup)
-        n = table.num_rows
-        table = table.append_column("__row", pa.array(np.arange(n, dtype=np.int64)))
-        table = table.join(side, keys=keys, join_type="left outer", use_threads=False)
-        if table.num_rows != n:
-            raise PolyrecError(f"Join file {j.path} has duplicate keys {keys}: the join changed the row count "
-                               f"from {n} to {table.num_rows}.")
-        table = table.sort_by("__row").drop_columns(["__row"])  # joins do not keep row order
+        table = join_side(table, read_join(j, id_columns), j.keys, str(j.path))
     return table

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl  # imported here, not on the first /rank: that request would pay for the import
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel
 
 from polyrec import __version__
 from polyrec.errors import PolyrecError, close_matches
@@ -113,17 +113,35 @@ def id_array(values: list[Any]) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
+def raw_array(values: list[Any]) -> pa.Array:
+    """A raw (pre-derive) column: numbers or strings as given; a column mixing both as strings."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
 def sequence_array(values: list[Any], sep: str) -> pa.Array:
-    """A string column when every value is a string ("a|b"), else list<string> (null = empty sequence)."""
-    if all(isinstance(v, str) for v in values):
+    """A string column when every value is a string ("a|b"), else list<string> (null = empty sequence).
+    Arrow converts either form in C; only a column mixing strings and lists is converted row by row."""
+    try:
         return pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    try:
+        arr = pa.array(values)
+        if pa.types.is_list(arr.type) and (pa.types.is_integer(arr.type.value_type)
+                                           or pa.types.is_string(arr.type.value_type)):
+            return pc.cast(arr, pa.list_(pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
     lists = [[t for t in v.split(sep) if t] if isinstance(v, str) else [str(t) for t in v or ()] for v in values]
     return pa.array(lists, type=pa.list_(pa.string()))
 
 
 def build_table(served: Served, values: dict[str, list[Any]], n: int) -> pa.Table:
-    """One pyarrow table from per-column value lists. An all-absent scenario is left out so the recipe can
-    derive it; still absent after that, it is null (-> the unknown-scenario slot)."""
+    """One pyarrow table from per-column value lists (each converted in C). An all-absent scenario is left
+    out so the recipe can derive it; still absent after that, it is null (-> the unknown-scenario slot)."""
     seps = {f.source: f.sep for f in served.bundle.encoders.schema.sequences}
     arrays: dict[str, pa.Array] = {}
     for col in served.models.columns:
@@ -132,7 +150,9 @@ def build_table(served: Served, values: dict[str, list[Any]], n: int) -> pa.Tabl
             arrays[col.name] = pa.array(vals, type=pa.float64())
         elif col.kind == "sequence":
             arrays[col.name] = sequence_array(vals, seps[col.name])
-        elif col.required or any(v is not None for v in vals):
+        elif col.kind == "raw":
+            arrays[col.name] = raw_array(vals)
+        elif col.required or vals.count(None) < len(vals):
             arrays[col.name] = id_array(vals)
     table = pa.table(arrays) if arrays else pa.table({"_": pa.nulls(n)})
     from polyrec.serve.bundle import derive
@@ -152,26 +172,59 @@ def build_table(served: Served, values: dict[str, list[Any]], n: int) -> pa.Tabl
     return table
 
 
-def row_values(rows: list[BaseModel], cols: list[Column]) -> dict[str, list[Any]]:
-    return {c.name: [getattr(r, c.attr) for r in rows] for c in cols}
+def _missing(loc: list[Any], name: str, where: str) -> dict[str, Any]:
+    return {"type": "missing", "loc": loc, "input": None, "msg": f"Field required (feature {name!r} is {where})"}
 
 
-def merged_values(context: BaseModel, cands: list[BaseModel], cols: list[Column]) -> dict[str, list[Any]]:
-    """Each column: the candidate's value where it sets one, else the context's; a required feature set by
-    neither is a 422 naming the field and the candidates that lack it."""
+def _one_form(rows: Any, columns: Any, names: tuple[str, str]) -> None:
+    if (rows is None) == (columns is None):
+        raise RequestError(422, [{"type": "value_error", "loc": ["body", names[0]], "input": None,
+                                  "msg": f"give exactly one of {names[0]!r} (a list of objects) or {names[1]!r} "
+                                         "(feature -> list of values)"}])
+
+
+def column_values(columns: dict[str, list[Any]], cols: list[Column], context: dict[str, Any],
+                  field: str) -> tuple[dict[str, list[Any]], int]:
+    """The columnar form: lists as given (lengths must agree); a feature left out takes the context's value."""
+    lengths = {k: len(v) for k, v in columns.items()}
+    n = max(lengths.values(), default=0)
+    bad = [k for k, v in lengths.items() if v != n]
+    if bad:
+        raise RequestError(422, [{"type": "value_error", "loc": ["body", field, k], "input": None,
+                                  "msg": f"column {k!r} has {lengths[k]} values, others have {n}"} for k in bad])
     out, errors = {}, []
     for c in cols:
-        vals = [getattr(x, c.attr) for x in cands]
-        given = [c.attr in x.model_fields_set for x in cands]
-        if c.attr in context.model_fields_set:
-            fill = getattr(context, c.attr)
-            vals = [v if g else fill for v, g in zip(vals, given)]
-        elif c.required and not all(given):
-            missing = [i for i, g in enumerate(given) if not g]
-            errors += [{"type": "missing", "loc": ["body", "candidates", i, c.name], "input": None,
-                        "msg": f"Field required (feature {c.name!r} is in neither the context nor the candidate)"}
+        if c.name in columns:
+            out[c.name] = columns[c.name]
+        elif c.name in context:
+            out[c.name] = [context[c.name]] * n
+        else:
+            if c.required and n:
+                errors.append(_missing(["body", field, c.name], c.name, "in neither the context nor the columns"))
+            out[c.name] = [None] * n
+    if errors:
+        raise RequestError(422, errors)
+    return out, n
+
+
+def merged_values(context: dict[str, Any], cands: list[dict[str, Any]], cols: list[Column],
+                  field: str = "candidates") -> dict[str, list[Any]]:
+    """Each column: the candidate's value where it sets one (null included), else the context's; a required
+    feature set by neither is a 422 naming the field and the candidates that lack it. One dict lookup per
+    candidate and column; the candidates are plain dicts (validated TypedDicts)."""
+    out, errors = {}, []
+    for c in cols:
+        name = c.name
+        if name in context:
+            fill = context[name]
+            out[name] = [x.get(name, fill) for x in cands]
+            continue
+        vals = [x.get(name) for x in cands]
+        if c.required and None in vals:
+            missing = [i for i, x in enumerate(cands) if name not in x]
+            errors += [_missing(["body", field, i, name], name, "in neither the context nor the candidate")
                        for i in missing[:20]]
-        out[c.name] = vals
+        out[name] = vals
     if errors:
         raise RequestError(422, errors)
     return out
@@ -227,25 +280,29 @@ def serve_bundle(bundle: Bundle, backend: str = "torch", threads: int | None = N
     heads = [h.name for h in bundle.heads]
     fusion = Fusion.model_validate(bundle.info.get("fusion") or {}).resolved(
         heads, [h.name for h in bundle.heads if h.kind == "binary" and h.train])
-    return Served(bundle, make_backend(bundle, backend, threads), build_models(bundle.name, bundle.encoders.schema,
-                                                                               heads), fusion, default_id_field(bundle))
+    keys = list(dict.fromkeys(k for _, ks, _ in bundle.joins for k in ks))
+    models = build_models(bundle.name, bundle.encoders.schema, heads, bundle.joined_columns, keys)
+    return Served(bundle, make_backend(bundle, backend, threads), models, fusion, default_id_field(bundle))
 
 
-def create_app(bundles: list[Bundle | str | Path], backend: str = "torch", threads: int | None = None,
+def create_app(bundles: list[Any], backend: str = "torch", threads: int | None = None,
                max_rows: int = MAX_ROWS, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
-    """A FastAPI app serving `bundles` (loaded Bundle objects or bundle folders)."""
+    """A FastAPI app serving `bundles` (loaded Bundle / TopKBundle objects or bundle folders)."""
     fastapi = need("fastapi")
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
-    loaded = [b if isinstance(b, Bundle) else load_bundle(b) for b in bundles]
+    from polyrec.serve.topk import TopKBundle, add_recommend_route
+
+    loaded = [b if isinstance(b, (Bundle, TopKBundle)) else load_bundle(b) for b in bundles]
     if not loaded:
         raise PolyrecError("Give at least one bundle to serve.")
     names = [b.name for b in loaded]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise PolyrecError(f"Two bundles are named {dupes}: re-export one with another --name.")
-    served = {b.name: serve_bundle(b, backend, threads) for b in loaded}
+    served: dict[str, Served | TopKBundle] = {
+        b.name: b if isinstance(b, TopKBundle) else serve_bundle(b, backend, threads) for b in loaded}
     app = FastAPI(title="polyrec", version=__version__,
                   description="Multi-task, multi-scenario scoring and ranking of exported polyrec bundles.")
     app.state.served = served
@@ -268,12 +325,17 @@ def create_app(bundles: list[Bundle | str | Path], backend: str = "torch", threa
         return {"models": [s.metadata() for s in served.values()]}
 
     for name, s in served.items():
-        _add_routes(app, name, s, max_rows)
+        if isinstance(s, TopKBundle):
+            add_recommend_route(app, s)
+        else:
+            _add_routes(app, name, s, max_rows)
 
     @app.api_route("/v1/models/{name}/{action}", methods=["GET", "POST"], include_in_schema=False)
     def unknown_model(name: str, action: str) -> JSONResponse:
         if name in served:
-            return JSONResponse({"detail": f"Unknown endpoint {action!r}; use score or rank."}, status_code=404)
+            use = "recommend (a top-K model)" if isinstance(served[name], TopKBundle) else "score or rank"
+            return JSONResponse({"detail": f"Unknown endpoint {action!r} for model {name!r}; use {use}."},
+                                status_code=404)
         return JSONResponse({"detail": f"Unknown model {name!r}.{close_matches(name, served)} "
                                        f"Served: {', '.join(served)}."}, status_code=404)
 
@@ -281,9 +343,28 @@ def create_app(bundles: list[Bundle | str | Path], backend: str = "torch", threa
     return app
 
 
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes (no NaN: scores are checked finite before they get here)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def ranked_json(order: np.ndarray, ids: pa.Array, scenarios: np.ndarray, scores: np.ndarray, fused: np.ndarray,
+                heads: list[str]) -> bytes:
+    """The ranked candidates as a JSON array of objects, written by polars in Rust (no object per candidate
+    in Python); floats in shortest round-trip form, as json.dumps writes them."""
+    frame = pl.DataFrame({
+        "index": pl.Series(order.astype(np.int64)),
+        "id": pl.from_arrow(ids.take(pa.array(order))) if len(ids) else pl.Series([], dtype=pl.Null),
+        "scenario": pl.Series(scenarios.astype(str), dtype=pl.String),
+        "scores": pl.DataFrame({h: scores[:, j].astype(np.float64) for j, h in enumerate(heads)}).to_struct(),
+        "score": pl.Series(fused.astype(np.float64)),
+    })
+    return frame.write_json().encode() if len(order) else b"[]"
+
+
 def _add_routes(app: Any, name: str, s: Served, max_rows: int) -> None:
     """POST /v1/models/{name}/score and /rank with this bundle's generated request/response models."""
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import Response
 
     m = s.models
     heads = s.heads
@@ -294,37 +375,44 @@ def _add_routes(app: Any, name: str, s: Served, max_rows: int) -> None:
         if n > max_rows:
             raise RequestError(413, f"{n} {what} is over the limit of {max_rows} per request")
 
-    def score(request: Any) -> JSONResponse:
-        rows = request.rows
-        check_count(len(rows), "rows")
-        table = build_table(s, row_values(rows, m.columns), len(rows))
-        scores, scen = s.score(table)
-        return JSONResponse({"model": name, "backend": s.backend.name,
-                             "scores": {h: scores[:, i].tolist() for i, h in enumerate(heads)},
-                             "scenarios": scen_names[scen].tolist()})
+    def score(request: Any) -> Response:
+        _one_form(request.rows, request.columns, ("rows", "columns"))
+        if request.columns is not None:
+            values, n = column_values(request.columns, m.columns, {}, "columns")
+            check_count(n, "rows")
+        else:
+            n = len(request.rows)
+            check_count(n, "rows")
+            values = merged_values({}, request.rows, m.columns, "rows")
+        scores, scen = s.score(build_table(s, values, n))
+        return Response(dumps({"model": name, "backend": s.backend.name,
+                               "scores": {h: scores[:, i].tolist() for i, h in enumerate(heads)},
+                               "scenarios": scen_names[scen].tolist()}), media_type="application/json")
 
-    def rank(request: Any) -> JSONResponse:
-        cands = request.candidates
-        check_count(len(cands), "candidates")
+    def rank(request: Any) -> Response:
+        _one_form(request.candidates, request.candidate_columns, ("candidates", "candidate_columns"))
+        if request.candidate_columns is not None:
+            values, n = column_values(request.candidate_columns, m.columns, request.context, "candidate_columns")
+            check_count(n, "candidates")
+        else:
+            n = len(request.candidates)
+            check_count(n, "candidates")
+            values = merged_values(request.context, request.candidates, m.columns)
         fusion = request.fusion.resolved(heads, list(s.fusion.weights or {})) if request.fusion is not None else s.fusion
         id_field = request.id_field or s.id_field
         if request.id_field is not None and request.id_field not in {c.name for c in m.columns}:
             raise RequestError(422, [{"type": "value_error", "loc": ["body", "id_field"], "input": request.id_field,
                                       "msg": f"unknown feature {request.id_field!r}"
                                              f"{close_matches(request.id_field, [c.name for c in m.columns])}"}])
-        values = merged_values(request.context, cands, m.columns)
-        table = build_table(s, values, len(cands))
+        table = build_table(s, values, n)
         scores, scen = s.score(table)
         fused = fuse(scores, heads, fusion)
         order = np.argsort(-fused, kind="stable")[: request.top_k]
-        ids = values.get(id_field) if id_field else None
-        per_head = scores[order].tolist()
-        out = [{"index": int(i), "id": ids[i] if ids is not None else None, "scenario": sc,
-                "scores": dict(zip(heads, ps)), "score": f}
-               for i, sc, ps, f in zip(order.tolist(), scen_names[scen[order]].tolist(), per_head,
-                                       fused[order].tolist())]
-        return JSONResponse({"model": name, "backend": s.backend.name, "fusion": fusion.model_dump(),
-                             "candidates": out})
+        ids = id_array(values[id_field]) if id_field else pa.nulls(n)
+        return Response(b'{"model":%s,"backend":%s,"fusion":%s,"candidates":%s}' % (
+            dumps(name), dumps(s.backend.name), dumps(fusion.model_dump()),
+            ranked_json(order, ids, scen_names[scen[order]], scores[order], fused[order], heads)),
+            media_type="application/json")
 
     score.__annotations__["request"] = m.ScoreRequest  # generated models, not resolvable from a string
     rank.__annotations__["request"] = m.RankRequest

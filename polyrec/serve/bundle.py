@@ -6,6 +6,8 @@ Layout (written atomically: built in a temp folder, then renamed into place):
   encoders.json      fitted encoders, schema inside (request validation is generated from it)
   spec.json          model name, embed_dim, params and ModelSpec (the model is rebuilt from it)
   metrics.json       the run's final validation/test metrics
+  joins/K.parquet    (runs with data.files.joins) each side table, keys as strings, only the columns the
+                     schema reads: requests carry the keys, the bundle joins the rest
   model.onnx         (--onnx) scores [B, H] from the encoded tensors, dynamic batch axis
 """
 
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,10 +28,14 @@ import torch
 
 from polyrec import __version__
 from polyrec.data.encoders import EncodedSplit, Encoders
+from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
 from polyrec.models import ModelSpec
 from polyrec.models.base import Head, MultiTaskModel
 from polyrec.utils.io import atomic_directory, atomic_write_text, read_json
+
+if TYPE_CHECKING:
+    from polyrec.serve.topk import TopKBundle
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILES = ("bundle.json", "model.safetensors", "encoders.json", "spec.json", "metrics.json")
@@ -48,6 +54,7 @@ class Bundle:
     spec: ModelSpec
     model: MultiTaskModel
     metrics: dict[str, Any] = field(default_factory=dict)
+    joins: list[tuple[pa.Table, list[str], str]] = field(default_factory=list)  # (side, keys, name)
 
     @property
     def name(self) -> str:
@@ -62,10 +69,32 @@ class Bundle:
         p = self.path / ONNX_FILE
         return p if p.exists() else None
 
+    @property
+    def joined_columns(self) -> set[str]:
+        """Columns the side tables bring (requests need not carry them)."""
+        return {c for side, keys, _ in self.joins for c in side.column_names if c not in keys}
+
     def encode(self, table: pa.Table) -> EncodedSplit:
-        """Raw request columns -> encoded arrays, with the recipe's derived columns (e.g. MovieLens's age bucket)."""
-        return self.encoders.encode(derive(self.info.get("dataset"), table), with_labels=False,
-                                    what="The request")
+        """Raw request columns -> encoded arrays, through the same joins and derive steps as training."""
+        table = model_inputs(table, self.encoders.schema, self.info.get("dataset"), "The request", self.joins)
+        return self.encoders.encode(table, with_labels=False, what="The request")
+
+
+def model_inputs(table: pa.Table, schema: Schema, dataset: str | None, where: str,
+                 joins: list[tuple[pa.Table, list[str], str]] = ()) -> pa.Table:  # type: ignore[assignment]
+    """Raw rows -> the columns the encoders read, as training made them: side tables left-joined (an
+    unseen key leaves nulls, which encode as OOV / the fill value), the recipe's derived columns, then the
+    schema's `derive` step (label columns skipped). Shared by `polyrec predict` and the served bundles."""
+    from polyrec.data.derive import derive_columns, raw_columns
+    from polyrec.data.sources import check_columns, join_side
+
+    for side, keys, name in joins:
+        table = join_side(table, side, keys, name)
+    table = derive(dataset, table)
+    if schema.derive:
+        check_columns(table, raw_columns(schema, with_labels=False, aggregated=False), where)
+        table = derive_columns(table, schema, where, with_labels=False)
+    return table
 
 
 def derive(dataset: str | None, table: pa.Table) -> pa.Table:
@@ -201,7 +230,8 @@ def check_rows_table(spec_info: dict[str, Any], rows: pa.Table | None) -> tuple[
 def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows: pa.Table | None = None,
                   name: str | None = None, fusion: dict[str, Any] | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export a finished CTR run to a bundle folder `out` (which must not exist); returns bundle.json."""
+    """Export a finished run to a bundle folder `out` (which must not exist); returns bundle.json. Top-K runs
+    (spec.json kind "topk") give a top-K bundle (polyrec.serve.topk)."""
     from polyrec.serve.fusion import Fusion
     from polyrec.train.run import load_run
 
@@ -210,7 +240,12 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows
         raise PolyrecError(f"{out} already exists: choose another --out, or delete it first.")
     spec_path = run_dir / "spec.json"
     if spec_path.exists() and read_json(spec_path).get("kind") == "topk":
-        raise PolyrecError(f"{run_dir} is a top-K run: exporting top-K runs is not supported yet (CTR runs only).")
+        from polyrec.serve.topk import export_topk_bundle
+
+        if onnx:
+            raise PolyrecError(f"{run_dir} is a top-K run: its bundle is served by numpy (a dot product over "
+                               "stored vectors, or stored scores), there is no ONNX graph; export without --onnx.")
+        return export_topk_bundle(run_dir, out, name, log)
     run = load_run(run_dir)
     spec_info = read_json(spec_path)
     metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
@@ -226,9 +261,20 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows
         "data": _fingerprints(spec_info), "onnx": None,
     }
 
+    info["joins"] = []
+    side_tables = _side_tables(run)
+
     def build(tmp: Path) -> None:
         for fname in ("model.safetensors", "encoders.json", "spec.json"):
             shutil.copyfile(run_dir / fname, tmp / fname)
+        if side_tables:
+            import pyarrow.parquet as pq
+
+            (tmp / "joins").mkdir()
+            for k, (side, keys, source) in enumerate(side_tables):
+                pq.write_table(side, tmp / "joins" / f"{k}.parquet")
+                info["joins"].append({"file": f"joins/{k}.parquet", "on": keys, "columns": side.column_names,
+                                      "rows": side.num_rows, "source": source})
         atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
         if onnx:
             info["onnx"] = _export_checked(run, spec_info, rows, tmp, log)
@@ -238,12 +284,32 @@ def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows
     return info
 
 
+def _side_tables(run: Any) -> list[tuple[pa.Table, list[str], str]]:
+    """The run's join side tables (data.files.joins), read as training read them, cut to the key columns and
+    the columns the schema reads (a request-time join needs no more)."""
+    from polyrec.data.derive import raw_columns
+    from polyrec.data.sources import read_join
+
+    files = run.config.data.files
+    if files is None or not files.joins:
+        return []
+    schema = run.encoders.schema
+    needed = set(raw_columns(schema, with_labels=False, aggregated=False))
+    out = []
+    for j in files.joins:
+        side = read_join(j, schema.id_columns())
+        out.append((side.select([c for c in side.column_names if c in j.keys or c in needed]), j.keys, str(j.path)))
+    return out
+
+
 def _export_checked(run: Any, spec_info: dict[str, Any], rows: pa.Table | None, tmp: Path,
                     log: Callable[[str], None]) -> dict[str, Any]:
     table, source = check_rows_table(spec_info, rows)
     if table is None or table.num_rows == 0:
         raise PolyrecError(f"--onnx needs rows to check the graph against torch ({source}); give --rows FILE.")
-    enc = run.encoders.encode(derive(spec_info.get("dataset"), table), with_labels=False, what="The --rows table")
+    where = "The --rows table"
+    enc = run.encoders.encode(model_inputs(table, run.encoders.schema, spec_info.get("dataset"), where,
+                                           _side_tables(run)), with_labels=False, what=where)
     try:
         export_onnx(run.model, tmp / ONNX_FILE, encoded_inputs(enc, run.spec))
     except PolyrecError:
@@ -260,18 +326,33 @@ def _export_checked(run: Any, spec_info: dict[str, Any], rows: pa.Table | None, 
 
 
 # --- load -------------------------------------------------------------------------------------
-def load_bundle(path: str | Path) -> Bundle:
-    """A bundle folder -> model (eval mode), encoders, metadata. Needs no run folder and no data."""
+def load_bundle(path: str | Path) -> "Bundle | TopKBundle":
+    """A bundle folder -> model (eval mode), encoders, metadata (or, for a top-K bundle, its vectors and
+    seen items). Needs no run folder and no data."""
     from polyrec.train.run import rebuild_model
 
     path = Path(path)
     if not path.is_dir():
         raise PolyrecError(f"Bundle not found: {path} is not a folder (create one with `polyrec export`).")
-    for fname in BUNDLE_FILES:
-        if not (path / fname).exists():
-            raise PolyrecError(f"{path} is not a polyrec bundle: {fname} is missing.")
+    if not (path / "bundle.json").exists():
+        raise PolyrecError(f"{path} is not a polyrec bundle: bundle.json is missing.")
     info = read_json(path / "bundle.json")
     if info.get("format") != BUNDLE_FORMAT:
         raise PolyrecError(f"{path}: bundle format {info.get('format')!r} is not {BUNDLE_FORMAT}; re-export it.")
+    if info.get("kind") == "topk":
+        from polyrec.serve.topk import load_topk_bundle
+
+        return load_topk_bundle(path, info)
+    for fname in BUNDLE_FILES:
+        if not (path / fname).exists():
+            raise PolyrecError(f"{path} is not a polyrec bundle: {fname} is missing.")
     spec, model = rebuild_model(path / "spec.json", path / "model.safetensors", "re-export the bundle")
-    return Bundle(path, info, Encoders.load(path / "encoders.json"), spec, model, read_json(path / "metrics.json"))
+    joins = []
+    for j in info.get("joins") or []:
+        import pyarrow.parquet as pq
+
+        if not (path / j["file"]).exists():
+            raise PolyrecError(f"{path} is not a complete bundle: {j['file']} (side table {j['source']}) is missing.")
+        joins.append((pq.read_table(path / j["file"]), list(j["on"]), j["source"]))
+    return Bundle(path, info, Encoders.load(path / "encoders.json"), spec, model, read_json(path / "metrics.json"),
+                  joins)

@@ -43,7 +43,11 @@ def export_command(run_dir: Path, out: Path, onnx: bool, rows: Path | None, name
     else:
         table = None
     info = export_bundle(run_dir, out, onnx=onnx, rows=table, name=name, fusion=spec, log=log)
-    log(f"bundle {info['name']!r} ({info['model']}, heads {[h['name'] for h in info['heads']]}) written to {out}")
+    if info.get("kind") == "topk":
+        log(f"top-K bundle {info['name']!r} ({info['model']}, {info['scorer']} scorer, {info['users']} users, "
+            f"{info['items']} items) written to {out}")
+    else:
+        log(f"bundle {info['name']!r} ({info['model']}, heads {[h['name'] for h in info['heads']]}) written to {out}")
     if info["onnx"]:
         log(f"model.onnx: max |p_onnx - p_torch| = {info['onnx']['max_abs_diff']:.2e} on {info['onnx']['rows']} rows")
     log(f"serve it: polyrec serve {out}")

@@ -15,7 +15,6 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from polyrec.data.batching import TensorTable
-from polyrec.data.derive import derive_columns, raw_columns
 from polyrec.data.sources import ReadOptions, check_columns, detect_format, read_source
 from polyrec.errors import PolyrecError
 from polyrec.train.run import LoadedRun, load_run
@@ -27,13 +26,9 @@ OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv"
 
 
 def _score(run: LoadedRun, table: pa.Table, batch_size: int) -> pa.Table:
-    from polyrec.recipes.prepare import get_recipe
+    from polyrec.serve.bundle import model_inputs
 
-    schema = run.encoders.schema
-    table = get_recipe(run.config.data.dataset).derive(table)
-    if schema.derive:
-        check_columns(table, raw_columns(schema, with_labels=False, aggregated=False), "The prediction input")
-        table = derive_columns(table, schema, "The prediction input", with_labels=False)
+    table = model_inputs(table, run.encoders.schema, run.config.data.dataset, "The prediction input")
     encoded = run.encoders.encode(table, with_labels=False, what="The prediction input")
     scores = predict_scores(run.model, TensorTable(encoded), batch_size)
     return pa.table({h.name: pa.array(scores[:, i].astype(np.float32)) for i, h in enumerate(run.model.heads)})
