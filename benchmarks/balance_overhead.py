@@ -76,7 +76,7 @@ def census_batches(batch_size: int, n_batches: int, seed: int):
 
 def synthetic_batches(batch_size: int, n_batches: int, seed: int):
     from polyrec.data.batching import Batch
-    from polyrec.models.spec import ModelSpec, TaskInfo
+    from polyrec.data.spec import ModelSpec, TaskInfo
 
     g = torch.Generator().manual_seed(seed)
     vocab = [int(v) for v in torch.randint(4, 55, (31,), generator=g)] + [2]  # the last field: scenario

@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
-    from polyrec.serve.bundle import load_bundle
+    from polyrec.serve.bundles import load_bundle
 
     sizes = [int(x) for x in args.candidates.split(",")]
     concs = [int(x) for x in args.concurrency.split(",")]

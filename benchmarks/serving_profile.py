@@ -77,7 +77,7 @@ def main() -> None:
     from serving import bare_forward_ms, candidate_rows, rank_request
 
     from polyrec.serve.app import create_app
-    from polyrec.serve.bundle import load_bundle
+    from polyrec.serve.bundles import load_bundle
 
     bundle = load_bundle(args.bundle)
     rows = candidate_rows(bundle, args.candidates)

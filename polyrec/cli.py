@@ -338,7 +338,7 @@ def models_list() -> None:
     """Registered models and their hyper-parameters."""
     from polyrec.models import MODELS
 
-    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
+    from polyrec.topk.models import TOPK_MODELS, topk_model_names
 
     topk_model_names()  # registers the top-K models
     table = Table("model", "kind", "summary", "loss (auto)", "parameters (defaults)")

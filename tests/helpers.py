@@ -16,7 +16,7 @@ import torch
 from polyrec.data.batching import Batch
 from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
-from polyrec.models.spec import ModelSpec, TaskInfo
+from polyrec.data.spec import ModelSpec, TaskInfo
 from polyrec.recipes.base import RawData, Recipe
 
 SCENARIOS = ("<unknown>", "north", "south", "east")  # id 0 = unknown slot, then 3 real scenarios

@@ -22,7 +22,7 @@ from polyrec.balance.grads import task_gradients
 from polyrec.balance.pcgrad import project_conflicts
 from polyrec.errors import PolyrecError
 from polyrec.models import build_model
-from polyrec.models.spec import TaskInfo
+from polyrec.data.spec import TaskInfo
 from polyrec.train.losses import HeadLosses
 
 A = torch.tensor([1.0, 0.0])

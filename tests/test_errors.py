@@ -78,7 +78,7 @@ def test_unknown_config_key_in_yaml_file(tmp_path):
 
 def test_unknown_model_name_and_model_param_with_close_match():
     from polyrec.models import ModelSpec, build_model, get_model_class
-    from polyrec.models.spec import TaskInfo
+    from polyrec.data.spec import TaskInfo
 
     with pytest.raises(PolyrecError, match=r"Unknown model 'mmeo'.*Did you mean 'mmoe'"):
         get_model_class("mmeo")

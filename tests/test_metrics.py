@@ -10,7 +10,7 @@ from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, r
 
 from polyrec.metrics.functions import auc, grouped_auc, logloss, regression_metrics
 from polyrec.metrics.report import evaluate, flatten
-from polyrec.models.base import Head
+from polyrec.data.spec import Head
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -13,7 +13,7 @@ from helpers import make_batch, make_spec
 from polyrec.metrics.report import evaluate
 from polyrec.models import MODELS, build_model
 from polyrec.models.esmm import logit_of_product
-from polyrec.models.spec import TaskInfo
+from polyrec.data.spec import TaskInfo
 from polyrec.layers.mlp import MLP, ParallelMLP
 from polyrec.train.losses import HeadLosses
 
@@ -176,7 +176,7 @@ def test_parallel_mlp_gradients_match_separate_mlps():
 
 # --- per-head losses ------------------------------------------------------------------------
 def test_head_losses_mask_sample_space_and_mix_binary_with_regression():
-    from polyrec.models.base import Head
+    from polyrec.data.spec import Head
 
     heads = [Head("click", "click", "binary"), Head("rating", "rating", "regression"),
              Head("like_on_click", "like", "binary", space="click"), Head("skip", "like", "binary", train=False)]

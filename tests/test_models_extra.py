@@ -18,7 +18,7 @@ from polyrec.data.encoders import EncodedSplit
 from polyrec.errors import PolyrecError
 from polyrec.models import build_model
 from polyrec.models.fdn import orthogonality
-from polyrec.models.spec import TaskInfo
+from polyrec.data.spec import TaskInfo
 from polyrec.train.losses import HeadLosses
 from polyrec.train.trainer import Trainer, table_evaluator
 

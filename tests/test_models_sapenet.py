@@ -15,7 +15,7 @@ from polyrec.layers.attention import FieldSelfAttention
 from polyrec.layers.multiview import BalancedExperts, others_matrix
 from polyrec.models import MODELS, build_model
 from polyrec.models.m3oe import real_scenario_slots
-from polyrec.models.spec import ModelSpec, TaskInfo
+from polyrec.data.spec import ModelSpec, TaskInfo
 from polyrec.train.losses import HeadLosses
 
 EMBED = 8
@@ -445,7 +445,7 @@ def test_per_scenario_task_loss_reduction_matches_the_spec_formula():
     pools the scenarios (mean over the batch)."""
     import torch.nn.functional as F
 
-    from polyrec.models.base import Head
+    from polyrec.data.spec import Head
     from polyrec.train.losses import HeadLosses
 
     torch.manual_seed(0)

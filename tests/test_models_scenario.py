@@ -17,7 +17,7 @@ from polyrec.errors import PolyrecError
 from polyrec.layers.scenario import PartitionedNorm, scenario_matmul
 from polyrec.models import MODELS, build_model
 from polyrec.models.pepnet import GateNU
-from polyrec.models.spec import ModelSpec, TaskInfo
+from polyrec.data.spec import ModelSpec, TaskInfo
 from polyrec.train.losses import HeadLosses
 
 SCENARIO_MODELS = ["star", "sarnet", "m2m", "pepnet"]

@@ -25,8 +25,10 @@ from polyrec.data.encoders import EncodedSplit  # noqa: E402
 from polyrec.errors import PolyrecError  # noqa: E402
 from polyrec.models import MODELS, build_model  # noqa: E402
 from polyrec.serve.app import create_app  # noqa: E402
-from polyrec.serve.bundle import (  # noqa: E402
-    BUNDLE_FILES, ONNX_TOLERANCE, encoded_inputs, export_bundle, export_onnx, load_bundle, onnx_parity)
+from polyrec.serve.backends import onnx_parity  # noqa: E402
+from polyrec.serve.bundle import BUNDLE_FILES, export_onnx  # noqa: E402
+from polyrec.serve.bundles import export_bundle, load_bundle  # noqa: E402
+from polyrec.serve.forward import ONNX_TOLERANCE, encoded_inputs  # noqa: E402
 from polyrec.serve.deps import need  # noqa: E402
 from polyrec.serve.predict import predict_table  # noqa: E402
 from polyrec.settings import cache_dir  # noqa: E402
@@ -457,7 +459,7 @@ def topk_bundles(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("topk")
     mp = pytest.MonkeyPatch()
-    mp.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: tiny_data())
+    mp.setattr(topk_run, "load_topk", lambda cfg, download=True, log=print: tiny_data())
     out = {}
     try:
         for model, params in (("mf", {}), ("waata", {**SMALL_GRAPH, "expert_dims": [8], "tower_dims": [4]})):
@@ -518,7 +520,7 @@ def test_topk_export_refuses_onnx_and_an_oversized_score_matrix(topk_bundles, tm
     run = Path(str(topk_bundles["waata"]["bundle"]).replace("/waata", "/run-waata"))
     with pytest.raises(PolyrecError, match="no ONNX graph"):
         export_bundle(run, tmp_path / "x", onnx=True, log=lambda _: None)
-    monkeypatch.setattr(topk_run, "load_data", lambda cfg, download=True, log=print: tiny_data())
+    monkeypatch.setattr(topk_run, "load_topk", lambda cfg, download=True, log=print: tiny_data())
     monkeypatch.setattr(topk_mod, "MAX_MATRIX_FLOATS", 100)
     with pytest.raises(PolyrecError, match="'waata' is not a dot-product model"):
         export_bundle(run, tmp_path / "y", log=lambda _: None)

@@ -16,7 +16,7 @@ from polyrec.errors import PolyrecError
 from polyrec.topk.data import load_topk
 from polyrec.topk.kg import build_ckg
 from polyrec.topk.negatives import NegativeSampler
-from polyrec.topk.types import Interactions
+from polyrec.data.interactions import Interactions
 
 
 def topk_data(*sets: str, download: bool = False):

@@ -11,7 +11,7 @@ import torch
 
 from polyrec.errors import PolyrecError
 from polyrec.metrics.topk import interaction_matrix, topk_metrics
-from polyrec.topk.types import Interactions
+from polyrec.data.interactions import Interactions
 
 
 def reference(scores: np.ndarray, users, relevant: sp.csr_matrix, exclude: sp.csr_matrix, ks) -> dict[str, float]:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from polyrec.errors import PolyrecError
 from polyrec.layers.kg import BiInteraction, KGPropagation, KnowledgeAttention, TransD, neighbourhood, transd_project
 from polyrec.topk.models import TOPK_MODELS, CTRAdapter, TopKInfo, build_topk_model, topk_model_params
-from polyrec.topk.types import KnowledgeGraph
+from polyrec.data.interactions import KnowledgeGraph
 from polyrec.train.losses import HeadLosses
 
 N_USERS, N_ITEMS, N_OTHER = 4, 5, 3

@@ -12,7 +12,7 @@ from helpers import quiet
 from polyrec.config import load_config
 from polyrec.errors import PolyrecError
 from polyrec.topk.kg import build_ckg
-from polyrec.topk.types import Interactions, TopKData
+from polyrec.data.interactions import Interactions, TopKData
 from polyrec.train.checkpoint import load_checkpoint
 from polyrec.runs import evaluate_run, train_run
 from polyrec.train.trainer import CHECKPOINT, Trainer

@@ -63,7 +63,7 @@ class Balancer:
         self.weights = state["weights"]
 
 
-BALANCERS: Registry[type[Balancer]] = Registry("balancer")
+BALANCERS: Registry[type[Balancer]] = Registry("balancer", builtins="polyrec.balance")
 
 
 register_balancer: Callable[[str], Callable[[type[Balancer]], type[Balancer]]] = BALANCERS.register

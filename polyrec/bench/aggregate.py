@@ -223,7 +223,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def model_deviations(model: str) -> tuple[str, ...]:
     """The model's declared deviations from its paper (`deviations` of the model class), () if none or unknown."""
     from polyrec.models.base import MODELS
-    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
+    from polyrec.topk.models import TOPK_MODELS, topk_model_names
 
     topk_model_names()  # registers both zoos
     cls = TOPK_MODELS.get(model, None) or MODELS.get(model, None)

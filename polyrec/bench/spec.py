@@ -187,7 +187,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def model_fields(model: str) -> dict[str, Any]:
     from polyrec.models.base import MODELS, get_model_class
-    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
+    from polyrec.topk.models import TOPK_MODELS, topk_model_names
 
     topk_model_names()  # registers both zoos
     if model in TOPK_MODELS and model not in MODELS:  # top-K only (mf, kgat, waata)
@@ -238,7 +238,7 @@ class Row:
 
 def _resolve_model(name: str, where: str) -> tuple[str, dict[str, Any]]:
     from polyrec.models.base import MODELS
-    from polyrec.topk.models.base import TOPK_MODELS, topk_model_names
+    from polyrec.topk.models import TOPK_MODELS, topk_model_names
 
     if name in VARIANTS:
         model, params = VARIANTS[name]

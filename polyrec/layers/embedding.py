@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from polyrec.data.batching import Batch
-from polyrec.models.spec import ModelSpec
+from polyrec.data.spec import ModelSpec
 from polyrec.layers.decay import no_decay
 
 

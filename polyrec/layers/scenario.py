@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from polyrec.errors import PolyrecError
-from polyrec.models.spec import ModelSpec
+from polyrec.data.spec import ModelSpec
 from polyrec.layers.decay import no_decay
 
 

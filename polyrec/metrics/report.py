@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from polyrec.metrics.functions import auc, grouped_auc, logloss, regression_metrics
-from polyrec.models.base import Head
+from polyrec.data.spec import Head
 
 
 def head_rows(heads: Sequence[Head], task_names: Sequence[str], labels: np.ndarray) -> list[tuple[int, np.ndarray]]:

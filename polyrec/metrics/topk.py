@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from polyrec.errors import PolyrecError
-from polyrec.topk.types import Interactions
+from polyrec.data.interactions import Interactions
 
 METRICS = ("recall", "ndcg", "hit", "mrr")
 

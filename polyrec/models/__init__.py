@@ -4,8 +4,9 @@ from polyrec.models import esmm, mmoe, ple, sharedbottom, singletask  # noqa: F4
 from polyrec.models import m2m, pepnet, sarnet, star  # noqa: F401  (multi-scenario)
 from polyrec.models import m3oe, sapenet  # noqa: F401  (multi-scenario multi-task)
 from polyrec.models import aitm, escm2, fdn, omoe  # noqa: F401  (multi-task)
-from polyrec.models.base import MODELS, Head, ModelParams, MultiTaskModel, build_model, get_model_class, register
-from polyrec.models.spec import ModelSpec, TaskInfo
+from polyrec.data.spec import Head
+from polyrec.models.base import MODELS, ModelParams, MultiTaskModel, build_model, get_model_class, register
+from polyrec.data.spec import ModelSpec, TaskInfo
 
 __all__ = ["MODELS", "Head", "ModelParams", "ModelSpec", "MultiTaskModel", "TaskInfo", "build_model",
            "get_model_class", "register"]

@@ -8,7 +8,6 @@ The trainer, metrics and predictor only ever look at heads, never at model class
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -17,20 +16,9 @@ from torch import nn
 
 from polyrec.data.batching import Batch
 from polyrec.data.schema import validate_params
+from polyrec.data.spec import Head, ModelSpec
 from polyrec.models.sharing import DeclaresSharing
-from polyrec.models.spec import ModelSpec
 from polyrec.utils.registry import Registry
-
-
-@dataclass(frozen=True)
-class Head:
-    """One model output. `task` names the label column; `space` restricts rows to label(space) == 1."""
-
-    name: str
-    task: str
-    kind: str  # "binary" (output is a logit) | "regression" (output is the value)
-    space: str | None = None
-    train: bool = True
 
 
 class ModelParams(BaseModel):
@@ -124,7 +112,7 @@ class SharedParameters(list):
         self.last_layer = last_layer
 
 
-MODELS: Registry[type[MultiTaskModel]] = Registry("model")
+MODELS: Registry[type[MultiTaskModel]] = Registry("model", builtins="polyrec.models")
 
 
 register: Callable[[str], Callable[[type[MultiTaskModel]], type[MultiTaskModel]]] = MODELS.register
@@ -136,8 +124,6 @@ def model_params(name: str, raw: dict[str, Any]) -> ModelParams:
 
 
 def get_model_class(name: str) -> type[MultiTaskModel]:
-    import polyrec.models  # noqa: F401  (registers the built-in models)
-
     return MODELS.get(name)
 
 

@@ -23,7 +23,8 @@ from polyrec.data.batching import Batch
 from polyrec.errors import PolyrecError
 from polyrec.layers.embedding import InputEmbedding
 from polyrec.layers.mlp import ParallelMLP
-from polyrec.models.base import Head, ModelParams, MultiTaskModel, register
+from polyrec.data.spec import Head
+from polyrec.models.base import ModelParams, MultiTaskModel, register
 
 
 class ESMMParams(ModelParams):

@@ -49,7 +49,7 @@ from polyrec.layers.mlp import MLP, ParallelMLP
 from polyrec.layers.multiview import BalancedExperts
 from polyrec.layers.scenario import StarLinear
 from polyrec.models.base import ModelParams, MultiTaskModel, register
-from polyrec.models.spec import ModelSpec
+from polyrec.data.spec import ModelSpec
 
 
 def real_scenario_slots(spec: ModelSpec) -> list[bool]:

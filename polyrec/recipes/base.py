@@ -131,7 +131,7 @@ def seeded_holdout(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Tabl
 
 
 # name -> a recipe instance; third-party recipes register through the `polyrec.recipes` entry-point group
-RECIPES: Registry[Recipe] = Registry("dataset", make=lambda cls: cls(), entry_point_group="polyrec.recipes")
+RECIPES: Registry[Recipe] = Registry("dataset", builtins="polyrec.recipes", make=lambda cls: cls(), entry_point_group="polyrec.recipes")
 
 
 def register_recipe(cls: type[Recipe]) -> type[Recipe]:

@@ -20,7 +20,7 @@ from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, as_s
 from polyrec.data.schema import Schema
 from polyrec.data.split import global_temporal_split, leave_last_out_split, random_split, temporal_split
 from polyrec.errors import PolyrecError, unknown_name
-from polyrec.models.spec import ModelSpec, TaskInfo
+from polyrec.data.spec import ModelSpec, TaskInfo
 from polyrec.recipes.base import RECIPES, Recipe
 from polyrec.settings import cache_dir, data_dir
 

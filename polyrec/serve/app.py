@@ -7,7 +7,6 @@ pyarrow table -> Encoders.encode (unseen ids -> OOV, unknown scenario -> slot 0)
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,9 @@ import pyarrow.compute as pc
 from polyrec import __version__
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.serve.backends import Backend, make_backend
-from polyrec.serve.bundle import Bundle, load_bundle
+from polyrec.serve.bundle import Bundle
+from polyrec.serve.bundles import load_bundle
+from polyrec.serve.responses import RequestError, dumps, metrics_summary
 from polyrec.serve.deps import need
 from polyrec.serve.fusion import Fusion, fuse
 from polyrec.serve.schemas import Column, Models, build_models
@@ -29,14 +30,6 @@ from polyrec.serve.schemas import Column, Models, build_models
 MAX_ROWS = 10_000
 MAX_BODY_BYTES = 32 * 1024 * 1024
 CONFIG_ENV = "POLYREC_SERVE_CONFIG"  # JSON settings for uvicorn worker processes (--workers > 1)
-
-
-class RequestError(Exception):
-    """A request problem found after validation (422 with FastAPI's detail shape, or another status)."""
-
-    def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(str(detail))
-        self.status, self.detail = status, detail
 
 
 @dataclass
@@ -82,23 +75,6 @@ class Served:
             "fusion": self.fusion.model_dump(), "id_field": self.id_field,
             "metrics": metrics_summary(b.metrics), "onnx": b.info.get("onnx"), "versions": b.info.get("versions"),
         }
-
-
-def _clean(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Per split: each head's headline metrics and the overall ones (NaN -> null: JSON has no NaN)."""
-    keys = ("auc", "logloss", "gauc", "rmse", "mae", "n")
-    out = {}
-    for split in ("val", "test"):
-        m = metrics.get(split)
-        if not isinstance(m, dict):
-            continue
-        out[split] = {"heads": {h: {k: _clean(v[k]) for k in keys if k in v} for h, v in m.get("heads", {}).items()},
-                      "overall": {k: _clean(v) for k, v in (m.get("overall") or {}).items()}}
-    return out
 
 
 # --- columns from validated JSON ---------------------------------------------------------------
@@ -341,11 +317,6 @@ def create_app(bundles: list[Any], backend: str = "torch", threads: int | None =
 
     _ = fastapi
     return app
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact JSON bytes (no NaN: scores are checked finite before they get here)."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
 def ranked_json(order: np.ndarray, ids: pa.Array, scenarios: np.ndarray, scores: np.ndarray, fused: np.ndarray,

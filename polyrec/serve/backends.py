@@ -6,15 +6,19 @@ encoded arrays, so the app never knows which one runs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from polyrec.data.encoders import EncodedSplit
 from polyrec.errors import PolyrecError
-from polyrec.serve.bundle import Bundle, encoded_inputs, input_names, score_module, torch_scores
 from polyrec.serve.deps import need
+from polyrec.serve.forward import ONNX_TOLERANCE, encoded_inputs, input_names, score_module, torch_scores
+
+if TYPE_CHECKING:
+    from polyrec.models.base import MultiTaskModel
+    from polyrec.serve.bundle import Bundle
 
 BACKENDS = ("torch", "onnx")
 
@@ -76,3 +80,12 @@ def make_backend(bundle: Bundle, kind: str, threads: int | None = None) -> Backe
                                "--onnx`, or serve it with --backend torch.")
         return OnnxBackend.from_path(bundle.onnx_path, threads, bundle.spec)
     raise PolyrecError(f"Unknown backend {kind!r}; use one of {', '.join(BACKENDS)}.")
+
+
+def onnx_parity(model: "MultiTaskModel", path: Path, enc: EncodedSplit) -> dict[str, Any]:
+    """Max abs difference between ONNX Runtime and the torch forward on the same encoded rows."""
+    feeds = encoded_inputs(enc, model.spec)
+    ref = torch_scores(score_module(model), feeds, input_names(model.spec))
+    got = OnnxBackend.from_path(path, threads=None).run_feeds(feeds)
+    diff = float(np.max(np.abs(ref - got))) if len(ref) else 0.0
+    return {"rows": int(len(ref)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE, "ok": diff <= ONNX_TOLERANCE}

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,16 +31,14 @@ from polyrec.data.encoders import EncodedSplit, Encoders
 from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
 from polyrec.models import ModelSpec
-from polyrec.models.base import Head, MultiTaskModel
+from polyrec.data.spec import Head
+from polyrec.models.base import MultiTaskModel
+from polyrec.serve.forward import ONNX_TOLERANCE, encoded_inputs, input_names, score_module
 from polyrec.utils.io import atomic_directory, atomic_write_text, read_json
-
-if TYPE_CHECKING:
-    from polyrec.serve.topk import TopKBundle
 
 BUNDLE_FORMAT = 1
 BUNDLE_FILES = ("bundle.json", "model.safetensors", "encoders.json", "spec.json", "metrics.json")
 ONNX_FILE = "model.onnx"
-ONNX_TOLERANCE = 1e-5
 ONNX_CHECK_ROWS = 10_000
 
 
@@ -105,45 +103,6 @@ def derive(dataset: str | None, table: pa.Table) -> pa.Table:
     return recipe.derive(table) if recipe is not None else table
 
 
-def score_module(model: MultiTaskModel) -> torch.nn.Module:
-    """forward(categorical, numeric, scenario, *sequences) -> scores [B, H] (sigmoid on binary heads):
-    the tensor signature ONNX needs, since a graph cannot take the Batch dataclass."""
-    from polyrec.data.batching import Batch
-
-    names = list(model.spec.sequence_vocab)
-
-    class ScoreModule(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            self.register_buffer("binary", torch.tensor([h.kind == "binary" for h in model.heads]))
-
-        def forward(self, categorical: torch.Tensor, numeric: torch.Tensor, scenario: torch.Tensor,
-                    *sequences: torch.Tensor) -> torch.Tensor:
-            logits = self.model(Batch(categorical, numeric, dict(zip(names, sequences)), scenario)).float()
-            return torch.where(self.binary, torch.sigmoid(logits), logits)
-
-    return ScoreModule().eval()
-
-
-def input_names(spec: ModelSpec) -> list[str]:
-    return ["categorical", "numeric", "scenario", *(f"seq.{k}" for k in spec.sequence_vocab)]
-
-
-def encoded_inputs(enc: EncodedSplit, spec: ModelSpec) -> dict[str, np.ndarray]:
-    """The ONNX graph's inputs by name, with the dtypes TensorTable uses (scenario int64, ids int32)."""
-    feeds = {"categorical": np.ascontiguousarray(enc.categorical, dtype=np.int32),
-             "numeric": np.ascontiguousarray(enc.numeric, dtype=np.float32),
-             "scenario": np.ascontiguousarray(enc.scenario, dtype=np.int64)}
-    feeds.update({f"seq.{k}": np.ascontiguousarray(enc.sequences[k], dtype=np.int32) for k in spec.sequence_vocab})
-    return feeds
-
-
-def torch_scores(module: torch.nn.Module, feeds: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
-    with torch.inference_mode():
-        return module(*(torch.from_numpy(feeds[n]) for n in names)).numpy()
-
-
 # --- export -----------------------------------------------------------------------------------
 def _register_symbolics() -> None:
     """ONNX forms of the two aten ops polyrec models use that opset 17 lacks: expm1 (ESMM's stable
@@ -181,17 +140,6 @@ def export_onnx(model: MultiTaskModel, path: Path, sample: dict[str, np.ndarray]
                           dynamic_axes=axes, opset_version=17, dynamo=False)
 
 
-def onnx_parity(model: MultiTaskModel, path: Path, enc: EncodedSplit) -> dict[str, Any]:
-    """Max abs difference between ONNX Runtime and the torch forward on the same encoded rows."""
-    from polyrec.serve.backends import OnnxBackend
-
-    feeds = encoded_inputs(enc, model.spec)
-    ref = torch_scores(score_module(model), feeds, input_names(model.spec))
-    got = OnnxBackend.from_path(path, threads=None).run_feeds(feeds)
-    diff = float(np.max(np.abs(ref - got))) if len(ref) else 0.0
-    return {"rows": int(len(ref)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE, "ok": diff <= ONNX_TOLERANCE}
-
-
 def _fingerprints(spec_info: dict[str, Any]) -> dict[str, Any]:
     """The data the run was trained on: cache entry (a hash of schema, files and split), rows, file digests."""
     from polyrec.data.cache import file_fingerprint
@@ -227,25 +175,16 @@ def check_rows_table(spec_info: dict[str, Any], rows: pa.Table | None) -> tuple[
     return None, "no rows: the run's cache entry is absent and no --rows were given"
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows: pa.Table | None = None,
+def export_ctr_bundle(run_dir: str | Path, out: str | Path, onnx: bool = False, rows: pa.Table | None = None,
                   name: str | None = None, fusion: dict[str, Any] | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export a finished run to a bundle folder `out` (which must not exist); returns bundle.json. Top-K runs
-    (spec.json kind "topk") give a top-K bundle (polyrec.serve.topk)."""
+    """Export a finished CTR-style run to a bundle folder `out` (polyrec.serve.bundles checked that it is
+    one and that `out` does not exist); returns bundle.json."""
     from polyrec.serve.fusion import Fusion
     from polyrec.train.run import load_run
 
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists():
-        raise PolyrecError(f"{out} already exists: choose another --out, or delete it first.")
     spec_path = run_dir / "spec.json"
-    if spec_path.exists() and read_json(spec_path).get("kind") == "topk":
-        from polyrec.serve.topk import export_topk_bundle
-
-        if onnx:
-            raise PolyrecError(f"{run_dir} is a top-K run: its bundle is served by numpy (a dot product over "
-                               "stored vectors, or stored scores), there is no ONNX graph; export without --onnx.")
-        return export_topk_bundle(run_dir, out, name, log)
     run = load_run(run_dir)
     spec_info = read_json(spec_path)
     metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
@@ -317,6 +256,8 @@ def _export_checked(run: Any, spec_info: dict[str, Any], rows: pa.Table | None, 
     except Exception as exc:  # noqa: BLE001 - the exporter's own errors: the model cannot be exported
         raise PolyrecError(f"Model {spec_info['model']!r} cannot be exported to ONNX: "
                            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}") from None
+    from polyrec.serve.backends import onnx_parity
+
     check = {**onnx_parity(run.model, tmp / ONNX_FILE, enc), "rows_from": source, "opset": 17}
     log(f"ONNX check on {check['rows']} rows ({source}): max |p_onnx - p_torch| = {check['max_abs_diff']:.2e}")
     if not check["ok"]:
@@ -326,23 +267,11 @@ def _export_checked(run: Any, spec_info: dict[str, Any], rows: pa.Table | None, 
 
 
 # --- load -------------------------------------------------------------------------------------
-def load_bundle(path: str | Path) -> "Bundle | TopKBundle":
-    """A bundle folder -> model (eval mode), encoders, metadata (or, for a top-K bundle, its vectors and
-    seen items). Needs no run folder and no data."""
+def load_ctr_bundle(path: Path, info: dict[str, Any]) -> Bundle:
+    """A CTR-style bundle folder -> model (eval mode), encoders, metadata (bundle.json already read and checked
+    by polyrec.serve.bundles.load_bundle). Needs no run folder and no data."""
     from polyrec.train.run import rebuild_model
 
-    path = Path(path)
-    if not path.is_dir():
-        raise PolyrecError(f"Bundle not found: {path} is not a folder (create one with `polyrec export`).")
-    if not (path / "bundle.json").exists():
-        raise PolyrecError(f"{path} is not a polyrec bundle: bundle.json is missing.")
-    info = read_json(path / "bundle.json")
-    if info.get("format") != BUNDLE_FORMAT:
-        raise PolyrecError(f"{path}: bundle format {info.get('format')!r} is not {BUNDLE_FORMAT}; re-export it.")
-    if info.get("kind") == "topk":
-        from polyrec.serve.topk import load_topk_bundle
-
-        return load_topk_bundle(path, info)
     for fname in BUNDLE_FILES:
         if not (path / fname).exists():
             raise PolyrecError(f"{path} is not a polyrec bundle: {fname} is missing.")

@@ -28,7 +28,7 @@ def export_command(run_dir: Path, out: Path, onnx: bool, rows: Path | None, name
                    weights: str | None, log: Callable[[str], None]) -> None:
     from pydantic import ValidationError
 
-    from polyrec.serve.bundle import export_bundle
+    from polyrec.serve.bundles import export_bundle
     from polyrec.serve.fusion import Fusion
 
     try:

@@ -119,7 +119,7 @@ class TopKBundle:
 
     def user(self, user_id: int | str) -> int:
         """The user's index; an unknown user is a RequestError 404 naming it."""
-        from polyrec.serve.app import RequestError
+        from polyrec.serve.responses import RequestError
 
         u = self.user_index.get(str(user_id))
         if u is None:
@@ -149,7 +149,7 @@ class TopKBundle:
         return top, s[top]
 
     def metadata(self) -> dict[str, Any]:
-        from polyrec.serve.app import metrics_summary
+        from polyrec.serve.responses import metrics_summary
 
         i = self.info
         return {"name": i["name"], "kind": "topk", "model": i["model"], "dataset": i.get("dataset"),
@@ -180,7 +180,7 @@ def add_recommend_route(app: Any, b: TopKBundle) -> None:
     from fastapi.responses import Response
     from pydantic import ConfigDict, Field, create_model
 
-    from polyrec.serve.app import dumps
+    from polyrec.serve.responses import dumps
 
     p = "".join(w.title() for w in b.name.replace("-", "_").split("_") if w) or "Model"
     req_model = create_model(

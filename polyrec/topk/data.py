@@ -27,7 +27,7 @@ from polyrec.recipes.base import Recipe
 from polyrec.recipes.prepare import build_tables, raw_splits
 from polyrec.settings import data_dir
 from polyrec.topk.kg import build_ckg, ckg_stats
-from polyrec.topk.types import Interactions, KnowledgeGraph, TopKData
+from polyrec.data.interactions import Interactions, KnowledgeGraph, TopKData
 from polyrec.utils.download import sha256_file
 
 SPLITS = ("train", "val", "test")

@@ -6,13 +6,12 @@ user-item graph here, once, in the entity layout documented on `KnowledgeGraph` 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from polyrec.data.kg_files import duplicates as _duplicates
 from polyrec.errors import PolyrecError
-from polyrec.topk.types import Interactions, KnowledgeGraph
+from polyrec.data.interactions import Interactions, KnowledgeGraph
 
 INTERACT, INTERACTED_BY = "interact", "interacted_by"
 

@@ -26,11 +26,11 @@ from polyrec.config import RunConfig, check_device, load_config
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.recipes.prepare import get_recipe
 from polyrec.topk.data import load_topk
-from polyrec.topk.models.base import TopKInfo, TopKModel, build_topk_model, topk_model_params
+from polyrec.topk.models import TopKInfo, TopKModel, build_topk_model, topk_model_params
 from polyrec.topk.negatives import NegativeSampler
 from polyrec.topk.trainer import (PairTrainable, PairwiseTable, PointwiseTable, evaluate_topk, ranking_evaluator,
                                   score_matrix)
-from polyrec.topk.types import TopKData
+from polyrec.data.interactions import TopKData
 from polyrec.train.checkpoint import load_state
 from polyrec.train.kind import Built, RunKind
 from polyrec.train.trainer import WEIGHTS, Trainer

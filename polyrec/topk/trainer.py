@@ -29,10 +29,10 @@ from torch import nn
 from polyrec.errors import PolyrecError
 from polyrec.metrics.report import flatten
 from polyrec.metrics.topk import interaction_matrix, topk_metrics
-from polyrec.models.base import Head
+from polyrec.data.spec import Head
 from polyrec.topk.models.base import TopKModel
 from polyrec.topk.negatives import NegativeSampler
-from polyrec.topk.types import Interactions, TopKData
+from polyrec.data.interactions import Interactions, TopKData
 
 
 @dataclass

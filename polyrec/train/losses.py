@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from polyrec.models.base import Head
+from polyrec.data.spec import Head
 
 
 class HeadLosses:

@@ -22,7 +22,8 @@ from polyrec.config import TrainConfig
 from polyrec.data.batching import Batch, TensorTable
 from polyrec.errors import PolyrecError
 from polyrec.metrics.report import evaluate, flatten
-from polyrec.models.base import Head, MultiTaskModel, SharedParameters
+from polyrec.data.spec import Head
+from polyrec.models.base import MultiTaskModel, SharedParameters
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from polyrec.train.losses import HeadLosses
 from polyrec.train.monitor import Monitor

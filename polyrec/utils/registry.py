@@ -25,17 +25,20 @@ class Registry(dict[str, V], Generic[V]):
     """name -> registered object. `kind` names the thing in errors ("model", "dataset").
 
     `make` turns a registered class into the stored value (recipes store an instance; default: the class).
+    `builtins`: a module path imported (by name) on first use, whose import registers the built-in entries;
+    the base module that holds the registry then never imports the subclasses that import it.
     `entry_point_group`: each entry point of that group is a module (importing it registers its classes)
     or a class (registered under the entry point's name); they are loaded once, when a name is missing
     or the registry is listed, so a plain built-in lookup never imports plugins.
     """
 
     def __init__(self, kind: str, *, make: Callable[[type], V] | None = None,
-                 entry_point_group: str | None = None) -> None:
+                 entry_point_group: str | None = None, builtins: str | None = None) -> None:
         super().__init__()
         self.kind = kind
         self.make = make
         self.entry_point_group = entry_point_group
+        self.builtins = builtins  # the package whose import registers the built-in entries (by name: no cycle)
         self._plugins_loaded = entry_point_group is None
 
     # --- registering ----------------------------------------------------------------------------------
@@ -61,6 +64,7 @@ class Registry(dict[str, V], Generic[V]):
     def get(self, name: str, default: Any = _MISSING) -> V:  # type: ignore[override]
         """The object registered as `name`; PolyrecError with close matches if there is none. With a
         `default` it behaves as dict.get (returns the default instead)."""
+        self._load_builtins()
         if name in self:
             return dict.__getitem__(self, name)
         if default is not _MISSING:
@@ -68,11 +72,15 @@ class Registry(dict[str, V], Generic[V]):
         raise unknown_name(self.kind, name, self)
 
     def __missing__(self, name: str) -> V:
+        self._load_builtins()
+        if dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
         if self._load_plugins() and dict.__contains__(self, name):
             return dict.__getitem__(self, name)
         raise KeyError(name)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return dict.__contains__(self, name) or (self._load_plugins() and dict.__contains__(self, name))
 
     def __iter__(self) -> Iterator[str]:
@@ -98,9 +106,15 @@ class Registry(dict[str, V], Generic[V]):
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {sorted(dict.keys(self))})"
 
-    # --- plugins ----------------------------------------------------------------------------------------
+    # --- built-ins and plugins --------------------------------------------------------------------------
+    def _load_builtins(self) -> None:
+        if self.builtins is not None:
+            module, self.builtins = self.builtins, None  # first: the import registers through this registry
+            importlib.import_module(module)
+
     def _load_plugins(self) -> bool:
         """Load the entry-point group once; True when this call loaded something new."""
+        self._load_builtins()
         if self._plugins_loaded:
             return False
         self._plugins_loaded = True  # first, so a plugin module that looks names up does not recurse

@@ -24,7 +24,7 @@ import torch
 from polyrec.data.batching import Batch
 from polyrec.errors import PolyrecError
 from polyrec.models.base import build_model, get_model_class
-from polyrec.models.spec import ModelSpec, TaskInfo
+from polyrec.data.spec import ModelSpec, TaskInfo
 from polyrec.topk.models.base import TopKInfo, TopKModel
 
 ID_OFFSET = 2  # 0 = padding, 1 = out-of-vocabulary in polyrec's encoders

@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from polyrec.data.schema import validate_params
-from polyrec.errors import PolyrecError, unknown_name
-from polyrec.models.base import Head, ModelParams
+from polyrec.data.spec import Head
+from polyrec.errors import PolyrecError
+from polyrec.models.base import ModelParams
 from polyrec.models.sharing import DeclaresSharing
-from polyrec.topk.types import KnowledgeGraph, TopKData
+from polyrec.data.interactions import KnowledgeGraph, TopKData
 from polyrec.utils.registry import Registry
 
 
@@ -155,45 +155,7 @@ class DotProductModel(TopKModel):
         return u[users] @ i.T
 
 
-TOPK_MODELS: Registry[type[TopKModel]] = Registry("top-K model")
+TOPK_MODELS: Registry[type[TopKModel]] = Registry("top-K model", builtins="polyrec.topk.models")
 
 
 register_topk: Callable[[str], Callable[[type[TopKModel]], type[TopKModel]]] = TOPK_MODELS.register
-
-
-def topk_model_names() -> list[str]:
-    """Every name build_topk_model accepts: the top-K models, then the CTR models (run by CTRAdapter)."""
-    import polyrec.topk.models  # noqa: F401  (registers the built-in models)
-    from polyrec.models.base import MODELS
-
-    return [*TOPK_MODELS, *(m for m in MODELS if m not in TOPK_MODELS)]
-
-
-def topk_model_params(name: str, params: dict[str, Any] | None = None) -> ModelParams:
-    """Validate a model's parameters without building it (PolyrecError on unknown names or bad values).
-    For CTR models, ESMM-style task defaults are filled in only when the model is built."""
-    import polyrec.models  # noqa: F401
-    import polyrec.topk.models  # noqa: F401
-    from polyrec.models.base import MODELS, model_params
-
-    if name in TOPK_MODELS:
-        return validate_params(TOPK_MODELS[name].Params, dict(params or {}), f"parameters for model {name!r}")
-    if name in MODELS:
-        return model_params(name, dict(params or {}))
-    raise unknown_name("model", name, topk_model_names())
-
-
-def build_topk_model(name: str, info: TopKInfo, embed_dim: int, params: dict[str, Any] | None = None) -> TopKModel:
-    """A top-K model by name; a registered multi-task CTR model name gives a CTRAdapter around it."""
-    import polyrec.models  # noqa: F401
-    import polyrec.topk.models  # noqa: F401
-    from polyrec.models.base import MODELS
-    from polyrec.topk.models.adapter import CTRAdapter
-
-    raw = dict(params or {})
-    if name in TOPK_MODELS:
-        cls = TOPK_MODELS[name]
-        return cls(info, embed_dim, validate_params(cls.Params, raw, f"parameters for model {name!r}"))
-    if name in MODELS:
-        return CTRAdapter(name, info, embed_dim, raw)
-    raise unknown_name("model", name, topk_model_names())

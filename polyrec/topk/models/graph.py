@@ -31,7 +31,7 @@ from torch import nn
 
 from polyrec.layers.kg import KGPropagation, KnowledgeAttention, TransD
 from polyrec.models.base import ModelParams
-from polyrec.topk.types import KnowledgeGraph
+from polyrec.data.interactions import KnowledgeGraph
 
 
 class GraphParams(ModelParams):

@@ -1,4 +1,5 @@
-"""What a model needs to know about the data: sizes, fields, scenarios and tasks (saved with every run)."""
+"""The data contracts between data, layers, models, metrics and training: what a model needs to know about
+the data (sizes, fields, scenarios, tasks; saved with every run) and what it outputs (heads)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,14 @@ class ModelSpec:
         d = dict(d)
         d["tasks"] = [TaskInfo(**t) for t in d["tasks"]]
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class Head:
+    """One model output. `task` names the label column; `space` restricts rows to label(space) == 1."""
+
+    name: str
+    task: str
+    kind: str  # "binary" (output is a logit) | "regression" (output is the value)
+    space: str | None = None
+    train: bool = True
