@@ -35,7 +35,7 @@ import yaml
 
 from polyrec.config import load_config
 from polyrec.metrics.functions import auc, logloss
-from polyrec.recipes.prepare import get_recipe, prepare
+from polyrec.data.prepare import get_recipe, prepare
 from polyrec.serve.predict import predict_table
 from polyrec.runs import train_run
 

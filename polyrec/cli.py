@@ -272,7 +272,7 @@ def data_check(
 ) -> None:
     """Validate your data through the prepare path (read, derive, split, fit) and print per-column stats."""
     from polyrec.config import load_config
-    from polyrec.recipes.check import check_data
+    from polyrec.data.check import check_data
 
     cfg = load_config(config, data_overrides(data, val, test, schema) + list(set_ or []))
     report = check_data(cfg.data, seed=cfg.train.seed, log=err_console.print)
@@ -381,7 +381,7 @@ def datasets_prepare(
 ) -> None:
     """Download (if needed), split, encode and cache a dataset; print where the splits are."""
     from polyrec.config import DataConfig
-    from polyrec.recipes.prepare import describe, prepare
+    from polyrec.data.prepare import describe, prepare
 
     try:
         cfg = DataConfig(dataset=name, split=split)

@@ -173,6 +173,10 @@ class TopKConfig(_Strict):
     kg_links: str | None = None
     title_column: str | None = "title"  # item titles for `polyrec recommend`, when the rows have this column
     eval_users_chunk: int = Field(512, ge=1)
+    # compute validation and test metrics over a seeded sample of this many users (every item is still ranked
+    # for each of them; the sample is the same for every model with the same split seed); None = all users.
+    # For data whose user x item score matrix is too large to score every epoch (MOOCCubeX: 97,722 x 3,321)
+    eval_users: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _kg_files_together(self) -> "TopKConfig":

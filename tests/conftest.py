@@ -50,7 +50,7 @@ def tiny_recipe(tiny_table_path, monkeypatch):
     """Registers the synthetic recipe 'tiny-synthetic' for the duration of one test."""
     from helpers import TinyRecipe
 
-    from polyrec.recipes.base import RECIPES
+    from polyrec.data.recipe import RECIPES
 
     recipe = TinyRecipe(tiny_table_path)
     monkeypatch.setitem(RECIPES, recipe.name, recipe)

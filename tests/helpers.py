@@ -17,7 +17,7 @@ from polyrec.data.batching import Batch
 from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
 from polyrec.data.spec import ModelSpec, TaskInfo
-from polyrec.recipes.base import RawData, Recipe
+from polyrec.data.recipe import RawData, Recipe
 
 SCENARIOS = ("<unknown>", "north", "south", "east")  # id 0 = unknown slot, then 3 real scenarios
 
@@ -158,7 +158,7 @@ def nan_equal(a: Any, b: Any) -> bool:
 
 def require_dataset(name: str) -> None:
     """Skip (with the reason) unless the original files of dataset `name` are in the data directory."""
-    from polyrec.recipes.prepare import get_recipe
+    from polyrec.data.prepare import get_recipe
     from polyrec.settings import data_dir
 
     try:
@@ -177,7 +177,7 @@ def register_tiny_recipes(folder: Path) -> dict[str, "TinyRecipe"]:
     undefined on every split) from `folder`; returns them by name. The caller unregisters if it must."""
     import pyarrow.compute as pc
 
-    from polyrec.recipes.base import RECIPES
+    from polyrec.data.recipe import RECIPES
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

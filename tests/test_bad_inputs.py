@@ -121,7 +121,7 @@ CASES = [
 # --- sandbox ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory):
-    from polyrec.recipes.base import RECIPES
+    from polyrec.data.recipe import RECIPES
 
     folder = tmp_path_factory.mktemp("tiny-data")
     recipes = register_tiny_recipes(folder)
@@ -150,7 +150,7 @@ def _setup(kind: str, tmp: Path, finished: Path) -> dict[str, str]:
         run = tmp / "run"
         shutil.copytree(finished, run)
         subs["run"] = str(run)
-        from polyrec.recipes.prepare import prepare
+        from polyrec.data.prepare import prepare
         from polyrec.train.run import load_run
 
         cfg = load_run(run).config

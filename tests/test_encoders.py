@@ -208,7 +208,7 @@ def test_prepared_vocabularies_and_statistics_come_from_train_split_only(tiny_re
     from helpers import quiet
 
     from polyrec.config import DataConfig
-    from polyrec.recipes.prepare import prepare
+    from polyrec.data.prepare import prepare
 
     data = prepare(DataConfig(dataset=tiny_recipe.name), seed=3, log=quiet)
     train = pq.read_table(data.raw_split_path("train"))

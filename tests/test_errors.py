@@ -88,7 +88,7 @@ def test_unknown_model_name_and_model_param_with_close_match():
 
 
 def test_unknown_dataset_with_close_match():
-    from polyrec.recipes.prepare import get_recipe
+    from polyrec.data.prepare import get_recipe
 
     with pytest.raises(PolyrecError, match=r"Unknown dataset 'movielens-10k'.*Did you mean 'movielens-100k'"):
         get_recipe("movielens-10k")
@@ -108,7 +108,7 @@ def test_label_used_as_feature_rejected():
 
 def test_missing_data_files_are_named(tmp_path, monkeypatch):
     from polyrec.config import DataConfig
-    from polyrec.recipes.prepare import prepare
+    from polyrec.data.prepare import prepare
 
     monkeypatch.setenv("POLYREC_DATA", str(tmp_path))
     with pytest.raises(PolyrecError) as exc:

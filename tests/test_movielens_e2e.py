@@ -14,7 +14,7 @@ from helpers import nan_equal, quiet, require_dataset
 from polyrec.config import load_config
 from polyrec.data.batching import TensorTable
 from polyrec.metrics.report import evaluate
-from polyrec.recipes.prepare import prepare
+from polyrec.data.prepare import prepare
 from polyrec.runs import train_run
 from polyrec.train.run import load_run
 from polyrec.train.trainer import predict_scores

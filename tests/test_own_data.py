@@ -330,7 +330,7 @@ def test_train_then_predict_any_format_same_scores(own, tmp_path, monkeypatch):
 
 def test_unknown_scenarios_go_to_the_fallback_and_are_counted(own):
     from polyrec.config import load_config
-    from polyrec.recipes.prepare import prepare
+    from polyrec.data.prepare import prepare
 
     lines = rows_csv(300).splitlines(keepends=True)
     tr = own.write("tr.csv", "".join(lines[:201]))
@@ -350,7 +350,7 @@ def test_unknown_scenarios_go_to_the_fallback_and_are_counted(own):
 
 def test_joins_on_double_colon_files_without_header(own):
     from polyrec.config import load_config
-    from polyrec.recipes.prepare import prepare
+    from polyrec.data.prepare import prepare
 
     own.write("ratings.dat", "".join(f"{u}::{i:02d}::{(u * i) % 5 + 1}::{1000 + k}\n"
                                      for k, (u, i) in enumerate((u, i) for u in range(1, 21) for i in range(8))))

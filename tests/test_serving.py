@@ -39,7 +39,7 @@ NAME = "tiny"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, polyrec_env):
-    from polyrec.recipes.base import RECIPES
+    from polyrec.data.recipe import RECIPES
 
     root = tmp_path_factory.mktemp("serving")
     recipes = register_tiny_recipes(root / "data")
@@ -182,7 +182,7 @@ def test_a_missing_scenario_is_derived_by_the_recipe_row_by_row(trained, clients
     """MovieLens derives its age bucket from age: rows without a scenario get the derived one, others keep theirs."""
     import pyarrow as pa
 
-    from polyrec.recipes.base import RECIPES
+    from polyrec.data.recipe import RECIPES
 
     def derive(table):
         if "region" in table.column_names:

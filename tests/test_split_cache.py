@@ -14,7 +14,7 @@ from polyrec.config import DataConfig
 from polyrec.data.encoders import Encoders
 from polyrec.data.split import random_split, temporal_split
 from polyrec.errors import PolyrecError
-from polyrec.recipes.prepare import prepare
+from polyrec.data.prepare import prepare
 
 
 # --- splits ---------------------------------------------------------------------------------

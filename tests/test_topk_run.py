@@ -189,3 +189,23 @@ def test_explicit_balancer_overrides_the_model_default(tiny, tmp_path):
                     tmp_path / "run", log=quiet)
     assert res.metrics["balance"] == "sum"
     assert load_config(tmp_path / "run" / "config.yaml").train.balance == "sum"
+
+
+def test_eval_users_sample_is_seeded_and_cuts_only_the_users(tiny, tmp_path):
+    from polyrec.topk.trainer import eval_users, evaluate_topk
+
+    data = tiny_data()
+    assert eval_users(data, None) is None and eval_users(data, N_USERS) is None
+    sample = eval_users(data, 10)
+    assert len(sample) == 10 and np.array_equal(sample, eval_users(data, 10))  # the same users every time
+    res = train_run(cfg("mf", "topk.eval_users=10"), tmp_path / "mf", log=quiet)
+    test = res.metrics["test"]
+    assert test["ranking"]["users_sampled"] == 10
+    run = topk_run.load_topk_run(tmp_path / "mf", log=quiet)
+    relevant_users = np.unique(data.splits["test"].user[data.splits["test"].labels[:, 0] == 1])
+    assert test["heads"]["like"]["users"] == len(np.intersect1d(relevant_users, sample))
+    # the sampled metrics are those of the full evaluation restricted to the sampled users
+    full = evaluate_topk(run.model, data, "test", [5, 10], users=None)
+    assert full["heads"]["like"]["users"] == len(relevant_users) > test["heads"]["like"]["users"]
+    again = evaluate_topk(run.model, data, "test", [5, 10], users=sample)
+    assert again["heads"] == test["heads"]

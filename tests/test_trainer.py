@@ -184,7 +184,7 @@ def test_resume_refuses_a_different_config(tiny_recipe, tmp_path):
 
 def test_evaluate_table_is_independent_of_eval_batch_size(tiny_recipe, tmp_path):
     from polyrec.data.batching import TensorTable
-    from polyrec.recipes.prepare import prepare
+    from polyrec.data.prepare import prepare
 
     cfg = tiny_config("train.epochs=1")
     train_run(cfg, tmp_path / "run", log=quiet)
@@ -214,7 +214,7 @@ def test_resuming_a_finished_run_trains_nothing_and_keeps_its_results(tiny_recip
 def test_caches_and_runs_stay_out_of_the_home_directory(tiny_recipe, tmp_path):
     from pathlib import Path as _P
 
-    from polyrec.recipes.prepare import prepare
+    from polyrec.data.prepare import prepare
     from polyrec.settings import cache_dir
 
     data = prepare(tiny_config().data, seed=1, log=quiet)
@@ -258,10 +258,10 @@ def test_oov_dropout_trains_the_oov_rows(tiny_recipe, tmp_path):
         w = load_weights(tmp_path / run / WEIGHTS)
         return w["embedding.embedding.table.weight"][1]  # field 0 (user_id): row 0 padding, row 1 OOV
 
-    untouched, trained = oov_row("plain"), oov_row("dropout", "train.oov_dropout=0.1")
+    untouched, trained = oov_row("plain", "train.oov_dropout=0"), oov_row("dropout", "train.oov_dropout=0.1")
     torch.manual_seed(1)  # the initialisation both runs started from
     from polyrec.models import build_model
-    from polyrec.recipes.prepare import prepare
+    from polyrec.data.prepare import prepare
 
     data = prepare(tiny_config().data, seed=1, log=quiet)
     init = build_model("mmoe", data.model_spec(), 4, {"n_experts": 2, "expert_dims": [16], "tower_dims": [8],

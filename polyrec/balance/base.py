@@ -63,7 +63,7 @@ class Balancer:
         self.weights = state["weights"]
 
 
-BALANCERS: Registry[type[Balancer]] = Registry("balancer", builtins="polyrec.balance")
+BALANCERS: Registry[type[Balancer]] = Registry("balancer", builtins="polyrec.balance", entry_point_group="polyrec.balancers")
 
 
 register_balancer: Callable[[str], Callable[[type[Balancer]], type[Balancer]]] = BALANCERS.register

@@ -92,7 +92,7 @@ def _version(module: str) -> str | None:
 def data_files(dataset: str) -> dict[str, Any] | None:
     """Source files of a dataset with content fingerprints, or None when they are not present (yet)."""
     from polyrec.data.cache import file_fingerprint
-    from polyrec.recipes.prepare import get_recipe
+    from polyrec.data.prepare import get_recipe
     from polyrec.settings import data_dir
 
     try:

@@ -401,7 +401,7 @@ class Experiment:
         """Fail before any training on: unknown datasets, explicit model parameters no row's model has,
         duplicate labels or folders, and any config the schema rejects. (Parameter *values* are checked
         by each run, so one bad row becomes a failed run, not a failed bench.)"""
-        from polyrec.recipes.prepare import get_recipe
+        from polyrec.data.prepare import get_recipe
 
         if not self.datasets:
             raise PolyrecError("No datasets: give --dataset NAME[,NAME] or `datasets:` in the experiment.")

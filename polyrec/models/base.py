@@ -112,7 +112,7 @@ class SharedParameters(list):
         self.last_layer = last_layer
 
 
-MODELS: Registry[type[MultiTaskModel]] = Registry("model", builtins="polyrec.models")
+MODELS: Registry[type[MultiTaskModel]] = Registry("model", builtins="polyrec.models", entry_point_group="polyrec.models")
 
 
 register: Callable[[str], Callable[[type[MultiTaskModel]], type[MultiTaskModel]]] = MODELS.register

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import RawData, Recipe, read_csv, register_recipe
+from polyrec.data.recipe import RawData, Recipe, read_csv, register_recipe
 
 
 @register_recipe

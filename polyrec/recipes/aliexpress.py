@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import RawData, Recipe, read_csv, register_recipe, seeded_holdout
+from polyrec.data.recipe import RawData, Recipe, read_csv, register_recipe, seeded_holdout
 
 COUNTRIES = ("NL", "ES", "FR", "US", "RU")
 

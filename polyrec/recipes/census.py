@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from polyrec.data.io import read_delimited
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import RawData, Recipe, register_recipe
+from polyrec.data.recipe import RawData, Recipe, register_recipe
 from polyrec.utils.download import fetch_url
 
 UCI = "https://archive.ics.uci.edu/ml/machine-learning-databases/census-income-mld"

@@ -16,7 +16,7 @@ from polyrec.data.derive import raw_columns
 from polyrec.data.schema import Schema
 from polyrec.data.sources import apply_joins, check_columns, expand, read_source
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import RawData, Recipe, register_recipe
+from polyrec.data.recipe import RawData, Recipe, register_recipe
 
 if TYPE_CHECKING:
     from polyrec.config import FilesConfig

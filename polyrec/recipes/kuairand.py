@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import RawData, Recipe, read_csv, register_recipe
+from polyrec.data.recipe import RawData, Recipe, read_csv, register_recipe
 from polyrec.utils.download import fetch_url
 
 ZENODO = "https://zenodo.org/records/10439422/files"

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from polyrec.data.sources import ReadOptions, read_source
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import RawData, Recipe, register_recipe
+from polyrec.data.recipe import RawData, Recipe, register_recipe
 
 SIMILARITY = "course.about_similarity"
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from polyrec.data.io import read_delimited
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import RawData, Recipe, register_recipe
+from polyrec.data.recipe import RawData, Recipe, register_recipe
 from polyrec.utils.download import extract_members, fetch_url, pip_wheel, verify_sha256
 
 AGE_BUCKETS = ("<25", "25-34", ">=35")

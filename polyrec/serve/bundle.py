@@ -97,7 +97,7 @@ def model_inputs(table: pa.Table, schema: Schema, dataset: str | None, where: st
 
 def derive(dataset: str | None, table: pa.Table) -> pa.Table:
     """The recipe's derived columns when the recipe is known here (built-in or registered); else the table as is."""
-    from polyrec.recipes.base import RECIPES
+    from polyrec.data.recipe import RECIPES
 
     recipe = RECIPES.get(dataset or "", None)
     return recipe.derive(table) if recipe is not None else table

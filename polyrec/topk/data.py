@@ -1,6 +1,6 @@
 """Top-K data from the one data path: source -> schema (derive, filter) -> split -> user/item indices.
 
-The rows come from `polyrec.recipes.prepare` exactly as a CTR-style run reads them (a recipe or your own
+The rows come from `polyrec.data.prepare` exactly as a CTR-style run reads them (a recipe or your own
 files, the schema's derived columns, the configured split); this module only turns the split tables into
 index arrays. The schema must name `user:` and `item:`; every task is a binary label column (the first task
 is the one items are ranked by). The item index space is the recipe's catalogue when it has one (so items
@@ -23,8 +23,8 @@ from polyrec.data.kg_files import read_kg
 from polyrec.data.schema import Schema
 from polyrec.data.sources import check_columns
 from polyrec.errors import PolyrecError
-from polyrec.recipes.base import Recipe
-from polyrec.recipes.prepare import build_tables, raw_splits
+from polyrec.data.recipe import Recipe
+from polyrec.data.prepare import build_tables, raw_splits
 from polyrec.settings import data_dir
 from polyrec.topk.kg import build_ckg, ckg_stats
 from polyrec.data.interactions import Interactions, KnowledgeGraph, TopKData

@@ -24,12 +24,12 @@ import torch
 from polyrec.balance import balancer_for_heads, balancer_params
 from polyrec.config import RunConfig, check_device, load_config
 from polyrec.errors import PolyrecError, close_matches
-from polyrec.recipes.prepare import get_recipe
+from polyrec.data.prepare import get_recipe
 from polyrec.topk.data import load_topk
 from polyrec.topk.models import TopKInfo, TopKModel, build_topk_model, topk_model_params
 from polyrec.topk.negatives import NegativeSampler
-from polyrec.topk.trainer import (PairTrainable, PairwiseTable, PointwiseTable, evaluate_topk, ranking_evaluator,
-                                  score_matrix)
+from polyrec.topk.trainer import (PairTrainable, PairwiseTable, PointwiseTable, eval_users, evaluate_topk,
+                                  ranking_evaluator, score_matrix)
 from polyrec.data.interactions import TopKData
 from polyrec.train.checkpoint import load_state
 from polyrec.train.kind import Built, RunKind
@@ -100,7 +100,7 @@ class TopKKind(RunKind):
         sampler = NegativeSampler(data.n_items, data.splits["train"].user, data.splits["train"].item,
                                   strategy=tk.sampler)
         table = (PairwiseTable if model.pairwise else PointwiseTable)(data.splits["train"], sampler, tk.negatives)
-        evaluate = ranking_evaluator(model, data, tk.ks, tk.eval_users_chunk)
+        evaluate = ranking_evaluator(model, data, tk.ks, tk.eval_users_chunk, eval_users(data, tk.eval_users))
         trainer = Trainer(trainable, train_cfg, balancer, evaluate, run_dir, log)
         spec = {"kind": self.name, "model": cfg.model.name, "embed_dim": cfg.model.embed_dim,
                 "params": cfg.model.params(), "heads": [h.__dict__ for h in model.heads],
@@ -110,8 +110,9 @@ class TopKKind(RunKind):
 
     def evaluate(self, cfg: RunConfig, built: Built, data: TopKData, splits: tuple[str, ...]) -> dict[str, Any]:
         tk, model = cfg.topk, built.model.model
-        scores = score_matrix(model, data.n_users, tk.eval_users_chunk)
-        return {s: evaluate_topk(model, data, s, tk.ks, tk.eval_users_chunk, scores) for s in splits}
+        users = eval_users(data, tk.eval_users)
+        scores = score_matrix(model, data.n_users, tk.eval_users_chunk, users)
+        return {s: evaluate_topk(model, data, s, tk.ks, tk.eval_users_chunk, scores, users) for s in splits}
 
     def describe(self, data: TopKData) -> tuple[str, Any, list[str]]:
         return data.dataset, {k: len(v) for k, v in data.splits.items()}, data.meta.get("notes", [])
@@ -122,7 +123,8 @@ class TopKKind(RunKind):
     def evaluate_folder(self, run_dir: Path, split: str, log: Callable[[str], None]) -> dict[str, Any]:
         run = load_topk_run(run_dir, log=log)
         tk = run.config.topk
-        return evaluate_topk(run.model, run.data, split, tk.ks, tk.eval_users_chunk)
+        return evaluate_topk(run.model, run.data, split, tk.ks, tk.eval_users_chunk,
+                             users=eval_users(run.data, tk.eval_users))
 
 
 # --- a finished run --------------------------------------------------------------------------------------

@@ -145,33 +145,50 @@ class PairTrainable(nn.Module):
         self.model.epoch_start()
 
 
-def ranking_evaluator(model: TopKModel, data: TopKData, ks: list[int], chunk: int) -> Callable[[], dict[str, float]]:
+def ranking_evaluator(model: TopKModel, data: TopKData, ks: list[int], chunk: int,
+                      users: np.ndarray | None = None) -> Callable[[], dict[str, float]]:
     """The trainer's validation for top-K runs: flat full-ranking metrics (monitor keys like 'like/ndcg@20')."""
-    return lambda: flatten(evaluate_topk(model, data, "val", ks, chunk))
+    return lambda: flatten(evaluate_topk(model, data, "val", ks, chunk, users=users))
 
 
 @torch.inference_mode()
-def score_matrix(model: TopKModel, n_users: int, chunk: int) -> torch.Tensor:
-    """Ranking-head scores of every (user, item): [n_users, n_items] (float32; ML-1M: ~90 MB)."""
+def score_matrix(model: TopKModel, n_users: int, chunk: int, users: np.ndarray | None = None) -> torch.Tensor:
+    """Ranking-head scores of every item for `users` (default: all n_users): [len(users), n_items] float32
+    (ML-1M, all users: ~90 MB)."""
     model.eval()
     cache = model.encode()
-    out = torch.empty(n_users, model.n_items)
-    for start in range(0, n_users, chunk):
-        users = torch.arange(start, min(start + chunk, n_users))
-        out[start:start + len(users)] = model.score_all(users, cache).float()
+    rows = torch.arange(n_users) if users is None else torch.as_tensor(users, dtype=torch.long)
+    out = torch.empty(len(rows), model.n_items)
+    for start in range(0, len(rows), chunk):
+        out[start:start + chunk] = model.score_all(rows[start:start + chunk], cache).float()
     return out
 
 
+def eval_users(data: TopKData, limit: int | None) -> np.ndarray | None:
+    """The users top-K metrics are computed over: all (None), or a seeded sample of `limit` users, the same for
+    every epoch, split and model of a run with this data (seeded by the split seed), so bench rows compare on
+    the same users. Full ranking of every item is kept; only the set of users is cut."""
+    if limit is None or limit >= data.n_users:
+        return None
+    rng = np.random.default_rng([int(data.meta.get("seed", 0)), 20_261_202])
+    return np.sort(rng.choice(data.n_users, size=limit, replace=False))
+
+
 def evaluate_topk(model: TopKModel, data: TopKData, split: str, ks: list[int], chunk: int = 512,
-                  scores: torch.Tensor | None = None) -> dict[str, Any]:
+                  scores: torch.Tensor | None = None, users: np.ndarray | None = None) -> dict[str, Any]:
     """Full-ranking metrics of `split` for every task, items ranked by the target task's score.
 
     Excluded from the ranking: the user's training interactions, and validation ones when testing.
-    Relevant items of task t: the split's interactions with label t = 1."""
+    Relevant items of task t: the split's interactions with label t = 1. `users`: evaluate only these users
+    (see eval_users); `scores`, when given, holds their rows (all users' rows when `users` is None)."""
     if split not in ("val", "test"):
         raise PolyrecError(f"Top-K evaluation ranks items the user has not seen in training: split must be "
                            f"val or test, got {split!r}.")
-    s = scores if scores is not None else score_matrix(model, data.n_users, chunk)
+    s = scores if scores is not None else score_matrix(model, data.n_users, chunk, users)
+    row = None
+    if users is not None:  # user index -> row of s
+        row = torch.full((data.n_users,), -1, dtype=torch.long)
+        row[torch.as_tensor(users, dtype=torch.long)] = torch.arange(len(users))
     seen = [data.splits["train"]] + ([data.splits["val"]] if split == "test" else [])
     exclude = sum(interaction_matrix(x, data.n_users, data.n_items, None) for x in seen)
     exclude.data[:] = 1
@@ -179,6 +196,12 @@ def evaluate_topk(model: TopKModel, data: TopKData, split: str, ks: list[int], c
     target = data.splits[split]
     for t, task in enumerate(data.task_names):
         relevant = interaction_matrix(target, data.n_users, data.n_items, t)
-        users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-        heads[task] = topk_metrics(lambda u: s[u], users, relevant, exclude, ks=tuple(ks), chunk=chunk)
-    return {"heads": heads, "ranking": {"by": data.target, "excluded": "train" + ("+val" if split == "test" else "")}}
+        with_items = np.flatnonzero(np.diff(relevant.indptr) > 0)
+        if users is not None:
+            with_items = np.intersect1d(with_items, users)
+        score_fn = (lambda u: s[u]) if row is None else (lambda u: s[row[u]])
+        heads[task] = topk_metrics(score_fn, with_items, relevant, exclude, ks=tuple(ks), chunk=chunk)
+    ranking = {"by": data.target, "excluded": "train" + ("+val" if split == "test" else "")}
+    if users is not None:
+        ranking["users_sampled"] = int(len(users))
+    return {"heads": heads, "ranking": ranking}

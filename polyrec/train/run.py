@@ -21,7 +21,7 @@ from polyrec.data.encoders import Encoders
 from polyrec.errors import PolyrecError
 from polyrec.models import ModelSpec, build_model
 from polyrec.models.base import MultiTaskModel, model_params
-from polyrec.recipes.prepare import PreparedData, describe, get_recipe, prepare
+from polyrec.data.prepare import PreparedData, describe, get_recipe, prepare
 from polyrec.train.checkpoint import load_state
 from polyrec.train.gates import gate_summary
 from polyrec.train.kind import Built, RunKind

@@ -155,7 +155,7 @@ class DotProductModel(TopKModel):
         return u[users] @ i.T
 
 
-TOPK_MODELS: Registry[type[TopKModel]] = Registry("top-K model", builtins="polyrec.topk.models")
+TOPK_MODELS: Registry[type[TopKModel]] = Registry("top-K model", builtins="polyrec.topk.models", entry_point_group="polyrec.topk_models")
 
 
 register_topk: Callable[[str], Callable[[type[TopKModel]], type[TopKModel]]] = TOPK_MODELS.register

@@ -6,23 +6,25 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from polyrec.config import DataConfig
 from polyrec.data.cache import cache_key, file_fingerprint, is_complete, read_cache, write_cache
 from polyrec.data.derive import transform_raw
 from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, as_strings
 from polyrec.data.schema import Schema
 from polyrec.data.split import global_temporal_split, leave_last_out_split, random_split, temporal_split
-from polyrec.errors import PolyrecError, unknown_name
+from polyrec.data.recipe import RECIPES, Recipe
 from polyrec.data.spec import ModelSpec, TaskInfo
-from polyrec.recipes.base import RECIPES, Recipe
+from polyrec.errors import PolyrecError, unknown_name
 from polyrec.settings import cache_dir, data_dir
+
+if TYPE_CHECKING:
+    from polyrec.config import DataConfig
 
 
 @dataclass

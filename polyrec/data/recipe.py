@@ -2,7 +2,7 @@
 
 A recipe returns a pyarrow table in the *raw joined* form its schema describes (label columns
 derived, scenario column present). Splitting, encoder fitting and caching are generic and live
-in `polyrec.recipes.prepare`.
+in `polyrec.data.prepare`.
 """
 
 from __future__ import annotations

@@ -8,13 +8,15 @@ validation / test values the training vocabulary does not know, and label rates 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.compute as pc
 
-from polyrec.config import DataConfig
-from polyrec.recipes.prepare import build_tables, fit_encode, raw_splits, split_stats
+from polyrec.data.prepare import build_tables, fit_encode, raw_splits, split_stats
+
+if TYPE_CHECKING:
+    from polyrec.config import DataConfig
 
 
 def check_data(cfg: DataConfig, seed: int = 42, log: Callable[[str], None] = print) -> dict[str, Any]:
