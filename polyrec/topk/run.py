@@ -42,9 +42,10 @@ DEFAULT_CTR_MONITOR = "overall/mean_auc"
 def topk_train_config(cfg: RunConfig, target: str, model: TopKModel):
     """The train section as a top-K run uses it: monitor defaults to the target's NDCG@20 on validation;
     embeddings always take dense updates (message passing reads whole tables every step); a model with a
-    `default_balance` (waata: MetaBalance, target = the target task) gets it when train.balance is auto."""
+    `default_balance` (waata: MetaBalance, target = the target task) gets it when train.balance is auto; no
+    OOV dropout (every user and item of the data has its own index: there is no OOV row)."""
     k = min(cfg.topk.ks, key=lambda x: (abs(x - 20), x))  # NDCG@20, or the K nearest to it
-    update: dict[str, Any] = {"sparse_embeddings": False}
+    update: dict[str, Any] = {"sparse_embeddings": False, "oov_dropout": 0.0}
     if cfg.train.monitor == DEFAULT_CTR_MONITOR:
         update["monitor"] = f"{target}/ndcg@{k}"
     if cfg.train.balance == "auto":

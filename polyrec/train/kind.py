@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import platform
 import random
-import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -39,15 +38,12 @@ import numpy as np
 import torch
 
 from polyrec import __version__
-from polyrec.config import RunConfig, TrainConfig, load_config
-from polyrec.errors import PolyrecError
-from polyrec.train.checkpoint import check_checkpoint
-from polyrec.train.rundir import claim
+from polyrec.config import RunConfig, TrainConfig
+from polyrec.train.rundir import check_run_dir, claim, write_run_files
 from polyrec.train.tracking import chain_callbacks, make_tracker
-from polyrec.train.trainer import CHECKPOINT, Trainer
+from polyrec.train.trainer import Trainer
 from polyrec.utils.io import atomic_write_text
 
-RUN_FILES = ("config.yaml", "encoders.json", "schema.yaml", "spec.json", "metrics.jsonl", "steps.jsonl", "tensorboard")
 EpochCallback = Callable[[dict[str, Any], list[dict[str, Any]]], None]
 
 
@@ -112,45 +108,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None] = print) -> bool:
-    """Refuse to overwrite a run or to resume a different one (or from a damaged checkpoint); the caller has
-    validated the config. A folder whose run never finished an epoch (config.yaml, no checkpoint, no
-    metrics.json) is started again from scratch, with or without --resume. Returns whether training resumes."""
-    started = (run_dir / CHECKPOINT).exists() or (run_dir / "metrics.json").exists()
-    if resume and not (run_dir / CHECKPOINT).exists():
-        if started or not (run_dir / "config.yaml").exists():
-            raise PolyrecError(f"Cannot resume: {run_dir / CHECKPOINT} does not exist.")
-        resume = False
-        log(f"{run_dir}: its run never finished an epoch (no {CHECKPOINT}); starting it from epoch 1")
-    if resume:
-        saved = load_config(run_dir / "config.yaml")
-        if saved.model_dump() != cfg.model_dump():
-            raise PolyrecError(f"Cannot resume {run_dir}: its config.yaml differs from the requested config. "
-                               "Resume with `polyrec train --resume --out RUN_DIR` alone.")
-        check_checkpoint(run_dir / CHECKPOINT)  # a damaged checkpoint fails here, before the data is read
-        return True
-    if started:
-        raise PolyrecError(f"{run_dir} already holds a run. Use --resume to continue it, or choose another --out.")
-    for name in RUN_FILES:  # what a start that failed before its first epoch left behind
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    return False
-
-
-def write_run_files(run_dir: Path, cfg: RunConfig, spec: dict[str, Any], encoders: Any = None) -> None:
-    """config.yaml, encoders.json and spec.json, written when everything that can fail before training has
-    been built (data, model, balancer, optimiser, monitor), so a failed start leaves no half-run behind."""
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    if encoders is not None:
-        encoders.save(run_dir / "encoders.json")
-        # the resolved schema, readable beside config.yaml (whose paths are absolute): the run works from anywhere
-        atomic_write_text(run_dir / "schema.yaml", encoders.schema_yaml())
-    atomic_write_text(run_dir / "spec.json", json.dumps(spec, indent=1, default=str))
 
 
 def run_summary(dataset: str, cfg: RunConfig, monitor: str, fit: Any, n_params: int, t0: float, rows: Any,

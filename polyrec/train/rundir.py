@@ -7,21 +7,29 @@ holding the holder's pid, host, command and start time. The kernel drops it when
 (kill -9 included), so a crashed run never leaves a stale lock in the way of `--resume`. A folder that
 the claim itself created and that is still empty at release is removed again, so a command that failed
 early leaves nothing behind.
+
+A training run's own files are checked and written here too (`check_run_dir`, `write_run_files`; the folder
+layout is listed in polyrec.train.kind), so everything about run folders lives in this one module.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from polyrec.errors import PolyrecError
+
+if TYPE_CHECKING:
+    from polyrec.config import RunConfig
 
 try:  # POSIX; elsewhere folders are not locked (documented in docs/reliability.md)
     import fcntl
@@ -129,3 +137,52 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()  # only succeeds when nothing was written into it
     except OSError:
         pass
+
+
+# --- the run files of a training run ---------------------------------------------------------------------
+RUN_FILES = ("config.yaml", "encoders.json", "schema.yaml", "spec.json", "metrics.jsonl", "steps.jsonl", "tensorboard")
+
+
+def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None] = print) -> bool:
+    """Refuse to overwrite a run or to resume a different one (or from a damaged checkpoint); the caller has
+    validated the config. A folder whose run never finished an epoch (config.yaml, no checkpoint, no
+    metrics.json) is started again from scratch, with or without --resume. Returns whether training resumes."""
+    from polyrec.config import load_config
+    from polyrec.train.checkpoint import check_checkpoint
+    from polyrec.train.trainer import CHECKPOINT
+
+    started = (run_dir / CHECKPOINT).exists() or (run_dir / "metrics.json").exists()
+    if resume and not (run_dir / CHECKPOINT).exists():
+        if started or not (run_dir / "config.yaml").exists():
+            raise PolyrecError(f"Cannot resume: {run_dir / CHECKPOINT} does not exist.")
+        resume = False
+        log(f"{run_dir}: its run never finished an epoch (no {CHECKPOINT}); starting it from epoch 1")
+    if resume:
+        saved = load_config(run_dir / "config.yaml")
+        if saved.model_dump() != cfg.model_dump():
+            raise PolyrecError(f"Cannot resume {run_dir}: its config.yaml differs from the requested config. "
+                               "Resume with `polyrec train --resume --out RUN_DIR` alone.")
+        check_checkpoint(run_dir / CHECKPOINT)  # a damaged checkpoint fails here, before the data is read
+        return True
+    if started:
+        raise PolyrecError(f"{run_dir} already holds a run. Use --resume to continue it, or choose another --out.")
+    for name in RUN_FILES:  # what a start that failed before its first epoch left behind
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return False
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, spec: dict[str, Any], encoders: Any = None) -> None:
+    """config.yaml, encoders.json and spec.json, written when everything that can fail before training has
+    been built (data, model, balancer, optimiser, monitor), so a failed start leaves no half-run behind."""
+    from polyrec.utils.io import atomic_write_text
+
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if encoders is not None:
+        encoders.save(run_dir / "encoders.json")
+        # the resolved schema, readable beside config.yaml (whose paths are absolute): the run works from anywhere
+        atomic_write_text(run_dir / "schema.yaml", encoders.schema_yaml())
+    atomic_write_text(run_dir / "spec.json", json.dumps(spec, indent=1, default=str))
