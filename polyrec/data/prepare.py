@@ -124,7 +124,7 @@ def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
         if time_col is None:
             raise PolyrecError(f"Dataset {recipe.name!r} has no timestamp; data.split={method} cannot be "
                                "honoured (use data.split=random).")
-        times = _times(raw_table, time_col)
+        times = time_values(raw_table, time_col)
         if method == "global_temporal":
             idx = global_temporal_split(times, cfg.ratios)
         else:
@@ -136,7 +136,8 @@ def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
     return {k: raw_table.take(v) for k, v in idx.items()}
 
 
-def _times(table: pa.Table, column: str) -> np.ndarray:
+def time_values(table: pa.Table, column: str) -> np.ndarray:
+    """A time column as float64 (timestamps and dates as their integer value); missing values are an error."""
     col = table[column]
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         col = pc.cast(col, pa.int64())

@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from polyrec.config import RunConfig
-from polyrec.data.encoders import as_strings
+from polyrec.data.encoders import as_strings, check_labels
 from polyrec.data.kg_files import read_kg
 from polyrec.data.schema import Schema
 from polyrec.data.sources import check_columns
 from polyrec.errors import PolyrecError
 from polyrec.data.recipe import Recipe
-from polyrec.data.prepare import build_tables, raw_splits
+from polyrec.data.prepare import build_tables, raw_splits, time_values
 from polyrec.settings import data_dir
 from polyrec.topk.kg import build_ckg, ckg_stats
 from polyrec.data.interactions import Interactions, KnowledgeGraph, TopKData
@@ -67,30 +66,13 @@ def _strings(tables: list[pa.Table], column: str) -> np.ndarray:
     return np.concatenate([as_strings(t[column]).to_numpy(zero_copy_only=False) for t in tables]).astype(str)
 
 
-def _labels(table: pa.Table, schema: Schema, where: str) -> np.ndarray:
-    """[N, T] float32 0/1 labels in task order; a missing or non-0/1 label is an error naming the task."""
-    out = np.empty((table.num_rows, len(schema.tasks)), dtype=np.float32)
-    for j, t in enumerate(schema.tasks):
-        try:
-            v = pc.cast(table[t.source], pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise PolyrecError(f"{where}: label column {t.source!r} of task {t.name!r} is not numeric "
-                               f"(type {table[t.source].type}).") from None
-        bad = np.isnan(v) | ~np.isin(v, (0.0, 1.0))
-        if bad.any():
-            raise PolyrecError(f"{where}: task {t.name!r} needs 0/1 labels; {int(bad.sum())} rows of column "
-                               f"{t.source!r} are missing or hold other values (e.g. {v[bad][:3].tolist()}).")
-        out[:, j] = v
-    return out
+def _labels(table: pa.Table, schema: Schema) -> np.ndarray:
+    """[N, T] float32 0/1 labels in task order (the encoders' label check: missing or non-0/1 is an error)."""
+    return np.stack([check_labels(table[t.source], t.source, "binary") for t in schema.tasks], axis=1)
 
 
 def _times(table: pa.Table, column: str | None) -> np.ndarray | None:
-    if column is None or column not in table.column_names:
-        return None
-    col = table[column]
-    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-        col = pc.cast(col, pa.int64())
-    return pc.cast(pc.cast(col, pa.float64()), pa.int64()).to_numpy(zero_copy_only=False)
+    return None if column is None else time_values(table, column).astype(np.int64)
 
 
 def _titles(tables: list[pa.Table], item: np.ndarray, n_items: int, catalog: tuple[np.ndarray, np.ndarray] | None,
@@ -153,13 +135,18 @@ def load_topk(cfg: RunConfig, download: bool = True, log: Callable[[str], None] 
         raise PolyrecError(f"{where}: the {missing[0]} split is empty; a top-K run trains, validates and tests on "
                            "interactions (use more data or other data.ratios).")
     ordered = [tables[s] for s in SPLITS]
-    needed = [schema.user, schema.item, *schema.label_columns()]
+    needed = [schema.user, schema.item, *schema.label_columns(), *([schema.time] if schema.time else [])]
     for name, t in zip(SPLITS, ordered):
         check_columns(t, needed, f"The {name} split of {recipe.name}")
     catalog = _catalog(recipe, files, schema.item)
     user_all, user_ids = index_ids(_strings(ordered, schema.user))
     item_all, item_ids = index_ids(_strings(ordered, schema.item), None if catalog is None else catalog[0])
-    labels = [_labels(t, schema, f"The {s} split of {recipe.name}") for s, t in zip(SPLITS, ordered)]
+    labels = []
+    for name, t in zip(SPLITS, ordered):
+        try:
+            labels.append(_labels(t, schema))
+        except PolyrecError as exc:
+            raise PolyrecError(f"The {name} split of {recipe.name}: {exc}") from None
     cuts = np.cumsum([0] + [t.num_rows for t in ordered])
     splits = {s: Interactions(user_all[a:b], item_all[a:b], lab, _times(t, schema.time))
               for s, t, lab, a, b in zip(SPLITS, ordered, labels, cuts[:-1], cuts[1:])}

@@ -21,10 +21,9 @@ from typing import Any
 
 import torch
 
-from polyrec.balance import balancer_for_heads, balancer_params
-from polyrec.config import RunConfig, check_device, load_config
+from polyrec.balance import balancer_for_heads
+from polyrec.config import RunConfig, load_config
 from polyrec.errors import PolyrecError, close_matches
-from polyrec.data.prepare import get_recipe
 from polyrec.topk.data import load_topk
 from polyrec.topk.models import TopKInfo, TopKModel, build_topk_model, topk_model_params
 from polyrec.topk.negatives import NegativeSampler
@@ -72,13 +71,10 @@ class TopKKind(RunKind):
 
     name = "topk"
 
-    def validate(self, cfg: RunConfig) -> None:
-        get_recipe(cfg.data.dataset)
+    def validate_model(self, cfg: RunConfig) -> None:
         topk_model_params(cfg.model.name, cfg.model.params())
         if cfg.train.loss_reduction != "task":
             raise PolyrecError("train.loss_reduction=scenario_task needs scenarios; top-K runs have none.")
-        balancer_params(cfg.train.balance, cfg.train.balance_params)
-        check_device(cfg.train.device)
 
     def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> TopKData:
         data = load_topk(cfg, download=download, log=log)

@@ -9,7 +9,7 @@ training has been built, train with early stopping, evaluate the best weights, w
     build(cfg, data)        -> Built (the Trainable model, the trainer with its injected evaluator, spec.json)
     evaluate(built, data)   -> metrics per split of the best weights
     load(run_dir)           -> a finished run, for evaluate / predict / recommend / export
-    validate(cfg)           -> names and parameters checked before any data is read
+    validate(cfg)           -> names and parameters checked before any data is read (validate_model per kind)
 
 Run folder layout (both kinds):
   config.yaml       the resolved configuration (re-running it reproduces the run)
@@ -38,7 +38,9 @@ import numpy as np
 import torch
 
 from polyrec import __version__
-from polyrec.config import RunConfig, TrainConfig
+from polyrec.balance import balancer_params
+from polyrec.config import RunConfig, TrainConfig, check_device
+from polyrec.data.prepare import get_recipe
 from polyrec.train.rundir import check_run_dir, claim, write_run_files
 from polyrec.train.tracking import chain_callbacks, make_tracker
 from polyrec.train.trainer import Trainer
@@ -72,9 +74,16 @@ class Built:
 class RunKind(ABC):
     name: ClassVar[str]
 
-    @abstractmethod
     def validate(self, cfg: RunConfig) -> None:
-        """Unknown model names and bad parameters fail here, before any folder or data."""
+        """Unknown names, bad parameters and a device this machine lacks fail here, before any folder or data."""
+        get_recipe(cfg.data.dataset)
+        self.validate_model(cfg)
+        balancer_params(cfg.train.balance, cfg.train.balance_params)
+        check_device(cfg.train.device)
+
+    @abstractmethod
+    def validate_model(self, cfg: RunConfig) -> None:
+        """The model name and parameters (and settings the kind cannot honour) for this kind."""
 
     @abstractmethod
     def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> Any:

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polyrec.balance import balancer_for_heads, balancer_params
-from polyrec.config import RunConfig, check_device, load_config
+from polyrec.balance import balancer_for_heads
+from polyrec.config import RunConfig, load_config
 from polyrec.data.batching import TensorTable
 from polyrec.data.encoders import Encoders
 from polyrec.errors import PolyrecError
 from polyrec.models import ModelSpec, build_model
 from polyrec.models.base import MultiTaskModel, model_params
-from polyrec.data.prepare import PreparedData, describe, get_recipe, prepare
+from polyrec.data.prepare import PreparedData, describe, prepare
 from polyrec.train.checkpoint import load_state
 from polyrec.train.gates import gate_summary
 from polyrec.train.kind import Built, RunKind
@@ -34,11 +34,8 @@ class CTRKind(RunKind):
 
     name = "ctr"
 
-    def validate(self, cfg: RunConfig) -> None:
-        get_recipe(cfg.data.dataset)
+    def validate_model(self, cfg: RunConfig) -> None:
         model_params(cfg.model.name, cfg.model.params())
-        balancer_params(cfg.train.balance, cfg.train.balance_params)
-        check_device(cfg.train.device)
 
     def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> Any:
         data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log)

@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from polyrec.config import RunConfig, load_config
 from polyrec.errors import PolyrecError
-
-if TYPE_CHECKING:
-    from polyrec.config import RunConfig
+from polyrec.train.checkpoint import check_checkpoint
+from polyrec.train.trainer import CHECKPOINT
+from polyrec.utils.io import atomic_write_text
 
 try:  # POSIX; elsewhere folders are not locked (documented in docs/reliability.md)
     import fcntl
@@ -147,10 +148,6 @@ def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[st
     """Refuse to overwrite a run or to resume a different one (or from a damaged checkpoint); the caller has
     validated the config. A folder whose run never finished an epoch (config.yaml, no checkpoint, no
     metrics.json) is started again from scratch, with or without --resume. Returns whether training resumes."""
-    from polyrec.config import load_config
-    from polyrec.train.checkpoint import check_checkpoint
-    from polyrec.train.trainer import CHECKPOINT
-
     started = (run_dir / CHECKPOINT).exists() or (run_dir / "metrics.json").exists()
     if resume and not (run_dir / CHECKPOINT).exists():
         if started or not (run_dir / "config.yaml").exists():
@@ -178,8 +175,6 @@ def check_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[st
 def write_run_files(run_dir: Path, cfg: RunConfig, spec: dict[str, Any], encoders: Any = None) -> None:
     """config.yaml, encoders.json and spec.json, written when everything that can fail before training has
     been built (data, model, balancer, optimiser, monitor), so a failed start leaves no half-run behind."""
-    from polyrec.utils.io import atomic_write_text
-
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     if encoders is not None:
         encoders.save(run_dir / "encoders.json")
