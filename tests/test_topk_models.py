@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from polyrec.errors import PolyrecError
-from polyrec.layers.kg import BiInteraction, KGPropagation, KnowledgeAttention, TransD, neighbourhood, transd_project
+from polyrec.layers.kg import (BiInteraction, KGPropagation, KnowledgeAttention, TransD, across_entity_share,
+                               neighbourhood, transd_project)
 from polyrec.topk.models import TOPK_MODELS, CTRAdapter, TopKInfo, build_topk_model, topk_model_params
+from polyrec.topk.models.graph import GraphEncoder, GraphParams
 from polyrec.data.interactions import KnowledgeGraph
 from polyrec.train.losses import HeadLosses
 
@@ -277,3 +279,43 @@ def test_build_errors():
     bad.n_items += 1
     with pytest.raises(PolyrecError, match="rebuild the graph"):
         build_topk_model("kgat", bad, EMBED, {})
+
+
+# --- signal in the propagated layers (issue 21 item 7) ---------------------------------------------
+def large_random_graph(n_entities: int = 30_000, n_edges: int = 200_000, seed: int = 0) -> KnowledgeGraph:
+    """A CKG of MovieLens-100K's scale, where Xavier-initialised tables are tiny (|v| ~ 0.03)."""
+    head, relation, tail = (x.numpy() for x in random_graph(n_entities, n_edges, 4, seed))
+    return KnowledgeGraph(n_entities, 4, 1000, 1000, head, relation, tail, ["a", "a^-1", "b", "b^-1"], 0)
+
+
+@pytest.mark.parametrize("bias_init, propagates_signal", [("zero", True), ("default", False)])
+def test_propagated_layers_vary_across_entities_at_initialisation(bias_init, propagates_signal):
+    """With the default (zero) bias init every propagated layer's energy mostly varies across entities; with
+    random biases over tiny Xavier vectors (the committed benches' init) they are ~0: entities collapse."""
+    torch.manual_seed(0)
+    encoder = GraphEncoder(large_random_graph(), 16, GraphParams(propagation_bias_init=bias_init))
+    shares = encoder.layer_shares()
+    assert len(shares) == 3 and shares[0] > 0.99  # layer 0: zero-mean random vectors
+    if propagates_signal:
+        assert min(shares[1:]) > 0.2, shares
+    else:
+        assert max(shares[1:]) < 0.01, shares
+
+
+def test_across_entity_share_by_hand():
+    assert across_entity_share(torch.ones(5, 3)) == 0.0
+    v = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert across_entity_share(v) == pytest.approx(1.0)
+    v = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # mean (1, 0): variation 2 of energy 4
+    assert across_entity_share(v) == pytest.approx(0.5)
+
+
+def test_waata_matching_score_is_added_to_every_task():
+    with_match, without = build("waata", seed=3), build("waata", seed=3, matching_score=False)
+    with_match.eval(), without.eval()
+    users, items = torch.tensor([0, 1, 3]), torch.tensor([1, 2, 4])
+    with torch.no_grad():
+        cache = with_match.encode()
+        u, i = with_match.graph.users(cache)[users], with_match.graph.items(cache)[items]
+        diff = with_match.score(users, items, cache) - without.score(users, items, cache)
+    torch.testing.assert_close(diff, (u * i).sum(-1, keepdim=True).expand(3, len(TASKS)))

@@ -113,13 +113,22 @@ class BiInteraction(nn.Module):
     """v' = act(W1 (v + v_N)) + act(W2 (v ⊙ v_N)), then message dropout (KGAT eq. 8).
 
     The spec writes ReLU; KGAT uses LeakyReLU (slope 0.2 in its code): `act` picks, ReLU by default.
+    `bias_init="zero"` (default) starts both biases at 0, so at initialisation v' is positively homogeneous in
+    the entity vectors and its direction varies across entities. With torch's default bias init
+    (`"default"`, U(+-1/sqrt(in))) and Xavier-initialised tables over many entities (|v| ~ 0.03 on
+    MovieLens-100K's 35,655-entity CKG), the biases dominate and, after the row normalisation of
+    KGPropagation, every entity gets nearly the same vector: the across-entity share of layer-1/2 energy
+    (`across_entity_share`) is 0.0006 / 0.0002 at initialisation there, against 0.67 / 0.43 with zero biases.
     """
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0,
-                 act: Literal["relu", "leaky_relu"] = "relu") -> None:
+                 act: Literal["relu", "leaky_relu"] = "relu", bias_init: Literal["zero", "default"] = "zero") -> None:
         super().__init__()
         self.sum = nn.Linear(in_dim, out_dim)  # W1
         self.product = nn.Linear(in_dim, out_dim)  # W2
+        if bias_init == "zero":
+            nn.init.zeros_(self.sum.bias)
+            nn.init.zeros_(self.product.bias)
         self.act = nn.ReLU() if act == "relu" else nn.LeakyReLU(0.2)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -137,16 +146,33 @@ class KGPropagation(nn.Module):
     """
 
     def __init__(self, dim: int, layer_dims: list[int], dropout: float = 0.0,
-                 act: Literal["relu", "leaky_relu"] = "relu", combine: Literal["concat", "last"] = "concat") -> None:
+                 act: Literal["relu", "leaky_relu"] = "relu", combine: Literal["concat", "last"] = "concat",
+                 bias_init: Literal["zero", "default"] = "zero") -> None:
         super().__init__()
         sizes = [dim, *layer_dims]
-        self.layers = nn.ModuleList(BiInteraction(a, b, dropout, act) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.layers = nn.ModuleList(BiInteraction(a, b, dropout, act, bias_init) for a, b in zip(sizes[:-1], sizes[1:]))
         self.combine = combine
         self.out_dim = sum(sizes) if combine == "concat" else sizes[-1]
 
-    def forward(self, v: torch.Tensor, head: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def layer_outputs(self, v: torch.Tensor, head: torch.Tensor, tail: torch.Tensor,
+                      weight: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """([v^(0), norm(v^(1)), ..., norm(v^(L))], v^(L)): the blocks `combine="concat"` joins, and the last
+        layer unnormalised."""
         outs = [v]
         for layer in self.layers:
             v = layer(v, neighbourhood(v, head, tail, weight))
             outs.append(F.normalize(v, dim=-1))
-        return torch.cat(outs, dim=-1) if self.combine == "concat" else v
+        return outs, v
+
+    def forward(self, v: torch.Tensor, head: torch.Tensor, tail: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        outs, last = self.layer_outputs(v, head, tail, weight)
+        return torch.cat(outs, dim=-1) if self.combine == "concat" else last
+
+
+def across_entity_share(v: torch.Tensor) -> float:
+    """The share of a layer's energy that varies across entities: sum_e ||v_e - mean||^2 / sum_e ||v_e||^2
+    for v [N, d]. Near 0 means every entity has (nearly) the same vector, so the layer carries no signal
+    a scorer could use to tell items apart."""
+    v = v.detach().double()
+    total = v.pow(2).sum()
+    return float((v - v.mean(0)).pow(2).sum() / total) if total > 0 else 0.0

@@ -19,6 +19,11 @@ Choices where the spec and papers are silent:
   d + 64 + 32 dims per entity with `combine="concat"`, d = model.embed_dim (the config's default 16, with
   which the committed top-K benches ran; KGAT's paper uses 64: `--set model.embed_dim=64`).
 - Message dropout 0.1 (KGAT's default), applied after each bi-interaction layer.
+- The bi-interaction biases start at 0 (`propagation_bias_init="zero"`; KGAT's code and torch's default
+  draw them at random, `"default"`): with Xavier-initialised tables over tens of thousands of entities the
+  random biases dominate the tiny entity vectors and, after the per-layer normalisation, every entity starts
+  with nearly the same layer-1/2 vector (see polyrec.layers.kg.BiInteraction for the measured shares).
+  `layer_shares()` reports the across-entity share of each block's energy.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from polyrec.layers.kg import KGPropagation, KnowledgeAttention, TransD
+from polyrec.layers.kg import KGPropagation, KnowledgeAttention, TransD, across_entity_share
 from polyrec.models.base import ModelParams
 from polyrec.data.interactions import KnowledgeGraph
 
@@ -44,6 +49,7 @@ class GraphParams(ModelParams):
     attention_refresh: Literal["epoch", "step"] = "epoch"  # ignored (every step) when attention_grad
     kg_weight: float = Field(default=1.0, ge=0)
     kg_batch_size: int = Field(default=1024, ge=1)
+    propagation_bias_init: Literal["zero", "default"] = "zero"
 
 
 class GraphEncoder(nn.Module):
@@ -56,7 +62,7 @@ class GraphEncoder(nn.Module):
         self.transd = TransD(graph.n_entities, graph.n_relations, dim, p.relation_dim)
         self.attention = KnowledgeAttention()
         self.propagation = KGPropagation(dim, p.layer_dims, p.message_dropout, p.propagation_activation,
-                                         p.combine)
+                                         p.combine, p.propagation_bias_init)
         self.out_dim = self.propagation.out_dim
         self.attention_grad = p.attention_grad
         self.reuse_attention = p.attention_refresh == "epoch" and not p.attention_grad
@@ -85,6 +91,19 @@ class GraphEncoder(nn.Module):
         else:
             weights = self.edge_weights()
         return self.propagation(self.transd.entity.weight, self.head, self.tail, weights)
+
+    @torch.no_grad()
+    def layer_shares(self) -> list[float]:
+        """The across-entity share of each propagation block's energy (layer 0 = the raw embedding), with the
+        current attention and without message dropout: a diagnostic of whether the layers carry signal."""
+        was = self.training
+        self.eval()
+        try:
+            outs, _ = self.propagation.layer_outputs(self.transd.entity.weight, self.head, self.tail,
+                                                     self.edge_weights())
+        finally:
+            self.train(was)
+        return [across_entity_share(o) for o in outs]
 
     def users(self, reps: torch.Tensor) -> torch.Tensor:
         """[n_users, out_dim] rows of the users (a view)."""
