@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from polyrec.data.schema import format_validation_error, model_keys
 from polyrec.data.sources import JoinSpec, ReadOptions
 from polyrec.errors import PolyrecError, close_matches
+from polyrec.layers.sequence import SequenceEncoderConfig, SequenceKind
 from polyrec.utils.io import read_yaml
 
 
@@ -112,6 +113,8 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = "mmoe"
     embed_dim: int = Field(16, ge=1)
+    sequence_encoder: SequenceKind = "mean"  # the histories' encoder (other lists: mean), unless `sequences` names it
+    sequences: dict[str, SequenceEncoderConfig] = Field(default_factory=dict)  # per sequence field
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

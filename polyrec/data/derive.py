@@ -14,26 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polyrec.data.schema import AggregateColumn, AggregateSpec, DerivedColumn, Schema
+from polyrec.data.columns import boolean_mask, polars_module as _polars, sql_expr as _sql
+from polyrec.data.history import add_histories
 from polyrec.errors import PolyrecError, close_matches
 
 if TYPE_CHECKING:
     import polars as pl
-
-
-def _polars():
-    try:
-        import polars as pl
-    except ImportError:  # pragma: no cover - polars is a dependency
-        raise PolyrecError("Derived columns and aggregation need polars: pip install polars") from None
-    return pl
-
-
-def _sql(text: str, where: str) -> "pl.Expr":
-    pl = _polars()
-    try:
-        return pl.sql_expr(text)
-    except Exception as exc:  # polars raises several types for a bad expression
-        raise PolyrecError(f"{where}: cannot parse the expression {text!r} ({str(exc).splitlines()[0]}).") from None
 
 
 def _spec(value: str | DerivedColumn) -> DerivedColumn:
@@ -57,6 +43,11 @@ def derived_needs(schema: Schema, with_labels: bool = True) -> list[str]:
         need.append(schema.time)
     if schema.filter and with_labels:
         need += _sql(schema.filter, "filter").meta.root_names()
+    if schema.history and with_labels:  # computed after derive: their inputs are needed instead
+        produced = set(schema.history_columns())
+        need = [c for c in need if c not in produced]
+        for h in schema.history:
+            need += h.inputs() + (_sql(h.events, "history events").meta.root_names() if h.events else [])
     inputs = expression_inputs(schema)
     for name in reversed(list(schema.derive)):
         if not with_labels and name in labels:
@@ -225,27 +216,43 @@ def derive_columns(table: pa.Table, schema: Schema, where: str, with_labels: boo
 
 def filter_rows(table: pa.Table, expr: str, where: str) -> pa.Table:
     """The rows where the boolean SQL expression `expr` holds (null counts as false)."""
-    pl = _polars()
-    e = _sql(expr, "filter")
-    missing = [c for c in e.meta.root_names() if c not in table.column_names]
-    if missing:
-        raise PolyrecError(f"{where}: the schema's filter {expr!r} needs missing column(s) {missing}."
-                           f"{close_matches(missing[0], table.column_names)}")
-    try:
-        keep = pl.from_arrow(table).select(e.cast(pl.Boolean).fill_null(False)).to_series().to_numpy()
-    except Exception as exc:
-        raise PolyrecError(f"{where}: the schema's filter {expr!r} failed ({str(exc).splitlines()[0]}).") from None
-    return table.filter(pa.array(keep.astype(bool)))
+    return table.filter(pa.array(boolean_mask(table, expr, where, "filter")))
 
 
 def transform_raw(table: pa.Table, schema: Schema, where: str, with_labels: bool = True) -> pa.Table:
-    """The whole declarative step: aggregation, derived columns, then the row filter (the last and the first
-    on training data only: prediction rows are scored as they come)."""
+    """The whole declarative step on one table: `derive_rows` then `finish_rows`."""
+    return finish_rows(derive_rows(table, schema, where, with_labels), schema, where, with_labels)
+
+
+def derive_rows(table: pa.Table, schema: Schema, where: str, with_labels: bool = True) -> pa.Table:
+    """Aggregation (training data only: prediction rows are scored as they come), then derived columns."""
     if schema.aggregate is not None and with_labels:
         table = aggregate(table, schema.aggregate, where, derived_needs(schema))
-    table = derive_columns(table, schema, where, with_labels)
+    return derive_columns(table, schema, where, with_labels)
+
+
+def finish_rows(table: pa.Table, schema: Schema, where: str, with_labels: bool = True,
+                histories: bool = True) -> pa.Table:
+    """Histories over every row (unless `histories=False`: already added), then the row filter and the label
+    checks (training data only; prediction rows bring their history columns)."""
     if with_labels:
+        if schema.history and histories:
+            table = add_histories(table, schema, where)
         if schema.filter is not None:
             table = filter_rows(table, schema.filter, where)
         check_label_inputs(table, schema, where)
     return table
+
+
+def histories_across(tables: dict[str, pa.Table], schema: Schema, where: str) -> dict[str, pa.Table]:
+    """Histories of given splits computed over all of them together (a validation row sees the user's
+    earlier training events, as with a split the project makes itself)."""
+    names = list(tables)
+    sizes = [tables[k].num_rows for k in names]
+    try:
+        joined = pa.concat_tables([tables[k] for k in names], promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PolyrecError(f"{where}: the splits' columns do not agree, so histories cannot span them ({exc}).") from None
+    joined = add_histories(joined, schema, where)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return {k: joined.slice(int(bounds[i]), sizes[i]) for i, k in enumerate(names)}

@@ -284,11 +284,13 @@ class Encoders:
         scen = None
         if schema.scenario is not None:
             scen = Vocabulary.fit(train[schema.scenario.source], 1, reserved=(UNKNOWN_SCENARIO,))
+        vocabularies = {f.name: Vocabulary.fit(train[f.source], f.min_freq) for f in schema.categorical}
         return cls(
             schema=schema,
-            vocabularies={f.name: Vocabulary.fit(train[f.source], f.min_freq) for f in schema.categorical},
+            vocabularies=vocabularies,
             scalers={f.name: NumericScaler.fit(train[f.source], f) for f in schema.numeric},
-            sequences={f.name: SequenceEncoder.fit(train[f.source], f) for f in schema.sequences},
+            sequences={f.name: SequenceEncoder.fit(train[f.source], f) if f.vocab is None
+                       else SequenceEncoder(f, vocabularies[f.vocab]) for f in schema.sequences},
             scenario=scen,
         )
 
@@ -330,7 +332,8 @@ class Encoders:
             "vocabularies": {k: v.to_dict() for k, v in self.vocabularies.items()},
             "scalers": {k: {"fill_value": v.fill_value, "shift": v.shift, "scale": v.scale, "log": v.log}
                         for k, v in self.scalers.items()},
-            "sequences": {k: v.vocab.to_dict() for k, v in self.sequences.items()},
+            "sequences": {k: {"shares": v.spec.vocab} if v.spec.vocab else v.vocab.to_dict()
+                          for k, v in self.sequences.items()},
             "scenario": self.scenario.to_dict() if self.scenario else None,
         }
 
@@ -338,11 +341,13 @@ class Encoders:
     def from_dict(cls, d: dict[str, Any]) -> "Encoders":
         schema = Schema.from_dict(d["schema"])
         seq_specs = {f.name: f for f in schema.sequences}
+        vocabularies = {k: Vocabulary.from_dict(v) for k, v in d["vocabularies"].items()}
         return cls(
             schema=schema,
-            vocabularies={k: Vocabulary.from_dict(v) for k, v in d["vocabularies"].items()},
+            vocabularies=vocabularies,
             scalers={k: NumericScaler(k, **v) for k, v in d["scalers"].items()},
-            sequences={k: SequenceEncoder(seq_specs[k], Vocabulary.from_dict(v)) for k, v in d["sequences"].items()},
+            sequences={k: SequenceEncoder(seq_specs[k], vocabularies[v["shares"]] if "shares" in v
+                                          else Vocabulary.from_dict(v)) for k, v in d["sequences"].items()},
             scenario=Vocabulary.from_dict(d["scenario"]) if d["scenario"] else None,
         )
 

@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from polyrec.data.cache import cache_key, file_fingerprint, is_complete, read_cache, write_cache
-from polyrec.data.derive import transform_raw
+from polyrec.data.columns import time_values
+from polyrec.data.derive import derive_rows, finish_rows, histories_across, transform_raw
 from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, as_strings
 from polyrec.data.schema import Schema
 from polyrec.data.split import global_temporal_split, leave_last_out_split, random_split, temporal_split
@@ -42,6 +43,9 @@ class PreparedData:
             categorical_fields=enc.categorical_fields,
             numeric_fields=[f.name for f in enc.schema.numeric],
             sequence_vocab={k: v.vocab.size for k, v in enc.sequences.items()},
+            sequence_shares={f.name: f.vocab for f in enc.schema.sequences if f.vocab},
+            sequence_lengths={f.name: f.max_len for f in enc.schema.sequences},
+            sequence_sides={part: h.part_columns(part)[1:] for h in enc.schema.history for part, _ in h.parts()},
             scenario_names=enc.scenario_names,
             tasks=[TaskInfo(t.name, t.type, t.space) for t in enc.schema.tasks],
         )
@@ -136,20 +140,6 @@ def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
     return {k: raw_table.take(v) for k, v in idx.items()}
 
 
-def time_values(table: pa.Table, column: str) -> np.ndarray:
-    """A time column as float64 (timestamps and dates as their integer value); missing values are an error."""
-    col = table[column]
-    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
-        col = pc.cast(col, pa.int64())
-    try:
-        times = np.asarray(pc.cast(col, pa.float64()).to_numpy(), dtype=np.float64)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise PolyrecError(f"Time column {column!r} is not numeric (type {col.type}): give unix times.") from None
-    if np.isnan(times).any():
-        raise PolyrecError(f"Time column {column!r} has {int(np.isnan(times).sum())} missing values.")
-    return times
-
-
 def split_stats(encoders: Encoders, table: pa.Table, encoded: EncodedSplit) -> dict[str, Any]:
     """What encoding did to a split: OOV ids per field, rows of an unseen scenario, NaN filled per numeric."""
     s = encoders.schema
@@ -201,7 +191,11 @@ def raw_splits(recipe: Recipe, schema: Schema, files: dict[str, Path], cfg: Data
                            "with these files; use random, temporal, global_temporal or leave_last_out.")
     where = f"The data of {recipe.name}"
     if raw.splits is not None:
-        tables = {k: transform_raw(t, schema, f"The {k} split of {recipe.name}") for k, t in raw.splits.items()}
+        tables = {k: derive_rows(t, schema, f"The {k} split of {recipe.name}") for k, t in raw.splits.items()}
+        if schema.history:
+            tables = histories_across(tables, schema, where)
+        tables = {k: finish_rows(t, schema, f"The {k} split of {recipe.name}", histories=False)
+                  for k, t in tables.items()}
         used = "official"
     else:
         table = transform_raw(raw.table, schema, where)

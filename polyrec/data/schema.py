@@ -22,6 +22,13 @@ validation at prediction time. It is written in YAML (or built in Python) as::
       labels: {column: behavior, values: [cart, fav, buy], how: any}
       columns: {first_ts: {column: ts, how: min}}
     filter: "behavior <> 'pv'"             # optional; training rows kept (polars SQL), after derive
+    history:                               # optional; behaviour sequences built from the log itself
+      - {name: hist, user: user_id, item: item_id, time: ts, max_len: 50, by: behavior, values: [click, buy],
+         fields: [category], gap: true}
+
+A history gives every row the user's earlier events (strictly earlier timestamps: an event at the row's own
+time, the row itself included, is never in its history), newest first, as sequence features that share the
+item feature's vocabulary and embedding (see polyrec.data.history).
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class SequenceFeature(_Strict):
     max_len: int = Field(20, ge=1)
     keep: Literal["first", "last"] = "first"
     min_freq: int = Field(1, ge=1)
+    vocab: str | None = None  # a categorical feature whose vocabulary and embedding rows the tokens share
 
     @property
     def source(self) -> str:
@@ -88,6 +96,52 @@ class SequenceFeature(_Strict):
 Feature = Annotated[
     Union[CategoricalFeature, NumericFeature, SequenceFeature], Field(discriminator="type")
 ]
+
+
+class HistorySpec(_Strict):
+    """A user's earlier events, computed from the rows themselves (polyrec.data.history).
+
+    Outputs, per part (one part, or one per `values` entry of `by`): the sequence `<name>` (or
+    `<name>_<value>`) of event items, newest first, cut to max_len; per side field f the aligned sequence
+    `<part>__<f>`; with `gap`, `<part>__gap`: log2 buckets of the time between the event and the row.
+    """
+
+    name: str
+    user: str
+    item: str
+    time: str
+    max_len: int = Field(50, ge=1)
+    by: str | None = None  # behaviour column: one history per listed value
+    values: list[str | int] | None = None  # the behaviour values (required with `by`)
+    events: str | None = None  # SQL: which rows count as events (default: every row)
+    fields: list[str] = Field(default_factory=list)  # side columns of each event
+    gap: bool = False
+    vocab: str | None = None  # the categorical feature the items share; default: the one whose column is `item`
+
+    @model_validator(mode="after")
+    def _by(self) -> "HistorySpec":
+        if (self.by is None) != (self.values is None):
+            raise ValueError("history: `by` and `values` go together (one history per listed value of `by`)")
+        if self.values is not None and (not self.values or len(set(map(str, self.values))) != len(self.values)):
+            raise ValueError("history: `values` must be a non-empty list of distinct values")
+        return self
+
+    def parts(self) -> list[tuple[str, str | int | None]]:
+        """(sequence name, behaviour value or None) per part."""
+        if self.values is None:
+            return [(self.name, None)]
+        return [(f"{self.name}_{v}", v) for v in self.values]
+
+    def columns(self) -> list[str]:
+        """Every column the history adds to the rows."""
+        return [c for part, _ in self.parts() for c in self.part_columns(part)]
+
+    def part_columns(self, part: str) -> list[str]:
+        return [part, *(f"{part}__{f}" for f in self.fields), *([f"{part}__gap"] if self.gap else [])]
+
+    def inputs(self) -> list[str]:
+        cols = [self.user, self.item, self.time, *self.fields]
+        return cols + ([self.by] if self.by else [])
 
 
 class ScenarioSpec(_Strict):
@@ -190,10 +244,11 @@ class Schema(_Strict):
     derive: dict[str, str | DerivedColumn] = Field(default_factory=dict)  # computed in order, before splits
     aggregate: AggregateSpec | None = None  # applied to the raw rows before `derive`
     filter: str | None = None  # a boolean SQL expression: training rows where it is false are dropped, before splits
+    history: list[HistorySpec] = Field(default_factory=list)  # computed after derive, before filter and splits
 
     @model_validator(mode="after")
     def _check(self) -> "Schema":
-        names = [f.name for f in self.features] + [t.name for t in self.tasks]
+        names = [f.name for f in self.all_features] + [t.name for t in self.tasks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"names used twice: {dupes}")
@@ -205,7 +260,44 @@ class Schema(_Strict):
         leaked = sorted(f.source for f in self.features if f.source in label_sources)
         if leaked:
             raise ValueError(f"label columns used as features (would leak the target): {leaked}")
+        cats = {f.name for f in self.categorical}
+        for f in self.sequences:
+            if f.vocab is not None and f.vocab not in cats:
+                raise ValueError(f"sequence {f.name!r} shares the vocabulary of {f.vocab!r}, which is not a "
+                                 f"categorical feature{close_matches(f.vocab, cats)}")
+        for h in self.history:
+            if h.vocab is None and self._item_feature(h) is None:
+                raise ValueError(f"history {h.name!r}: no categorical feature reads column {h.item!r}; declare one "
+                                 "(the candidate item), or name the feature to share with `vocab:`")
         return self
+
+    def _item_feature(self, h: HistorySpec) -> str | None:
+        if h.vocab is not None:
+            return h.vocab
+        return next((f.name for f in self.categorical if f.source == h.item), None)
+
+    @property
+    def history_features(self) -> list[SequenceFeature]:
+        """The sequence features the histories generate (items share the item feature's vocabulary; a side
+        field shares the vocabulary of the categorical feature reading that column, if there is one)."""
+        by_column = {f.source: f.name for f in self.categorical}
+        out = []
+        for h in self.history:
+            for part, _ in h.parts():
+                out.append(SequenceFeature(name=part, max_len=h.max_len, vocab=self._item_feature(h)))
+                out += [SequenceFeature(name=f"{part}__{c}", max_len=h.max_len, vocab=by_column.get(c))
+                        for c in h.fields]
+                if h.gap:
+                    out.append(SequenceFeature(name=f"{part}__gap", max_len=h.max_len))
+        return out
+
+    @property
+    def all_features(self) -> list[CategoricalFeature | NumericFeature | SequenceFeature]:
+        """Declared features, then those the histories generate: the model's input order."""
+        return [*self.features, *self.history_features]
+
+    def history_columns(self) -> list[str]:
+        return [c for h in self.history for c in h.columns()]
 
     # --- convenience views -------------------------------------------------------------
     @property
@@ -218,15 +310,15 @@ class Schema(_Strict):
 
     @property
     def sequences(self) -> list[SequenceFeature]:
-        return [f for f in self.features if isinstance(f, SequenceFeature)]
+        return [f for f in self.all_features if isinstance(f, SequenceFeature)]
 
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
     def input_columns(self) -> list[str]:
-        """Raw columns a prediction request must carry (labels excluded)."""
-        cols = [f.source for f in self.features]
+        """Raw columns a prediction request must carry (labels excluded; history columns included)."""
+        cols = [f.source for f in self.all_features]
         if self.scenario is not None:
             cols.append(self.scenario.source)
         if self.user is not None:
@@ -314,5 +406,5 @@ def model_keys(*models: type[BaseModel]) -> set[str]:
 
 _SCHEMA_KEYS = model_keys(
     Schema, CategoricalFeature, NumericFeature, SequenceFeature, ScenarioSpec, TaskSpec, DerivedColumn,
-    AggregateColumn, FlagLabels, AggregateSpec,
+    AggregateColumn, FlagLabels, AggregateSpec, HistorySpec,
 )

@@ -23,6 +23,17 @@ class ModelSpec:
     scenario_names: list[str]  # index = scenario id; id 0 is the unknown-scenario slot
     tasks: list[TaskInfo]
     extra: dict[str, Any] = field(default_factory=dict)
+    sequence_shares: dict[str, str] = field(default_factory=dict)  # sequence -> categorical field it shares
+    sequence_lengths: dict[str, int] = field(default_factory=dict)  # sequence -> max_len
+    sequence_encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # sequence -> encoder config
+    sequence_sides: dict[str, list[str]] = field(default_factory=dict)  # history items -> its side sequences
+
+    @property
+    def sequence_fields(self) -> list[str]:
+        """Sequences that are model fields: every sequence but the histories' side fields (which are added
+        into their history's event embeddings)."""
+        sides = {s for v in self.sequence_sides.values() for s in v}
+        return [s for s in self.sequence_vocab if s not in sides]
 
     @property
     def n_scenarios(self) -> int:

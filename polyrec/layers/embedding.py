@@ -7,7 +7,9 @@ from torch import nn
 
 from polyrec.data.batching import Batch
 from polyrec.data.spec import ModelSpec
+from polyrec.errors import PolyrecError
 from polyrec.layers.decay import no_decay
+from polyrec.layers.sequence import NEEDS_TARGET, SequenceEncoderConfig, build_sequence_encoder
 
 
 class FusedEmbedding(nn.Module):
@@ -34,8 +36,14 @@ class FusedEmbedding(nn.Module):
 class InputEmbedding(nn.Module):
     """Turns a Batch into field embeddings [B, F, d] or one flat vector per sample.
 
-    Fields are the categorical ids, then each sequence (masked mean of its token embeddings), then
-    each numeric value (value x a learned vector, only in `fields`; `flat` appends raw values).
+    Fields are the categorical ids, then each sequence (one vector from its encoder: masked mean by
+    default, or target attention / GRU / LSTM / transformer, polyrec.layers.sequence, per the spec's
+    `sequence_encoders`), then each numeric value (value x a learned vector, only in `fields`; `flat`
+    appends raw values). A sequence that shares a categorical field's vocabulary (a history of items next
+    to the candidate item) reads that field's rows of the table, so both live in one embedding space. A
+    history's side fields (event category, behaviour, time gap) are summed into its event embeddings
+    (DIN concatenates them; a sum keeps every field at the embedding size), so encoders see one vector per
+    event.
     """
 
     def __init__(self, spec: ModelSpec, dim: int, sparse: bool = False, numeric_fields: bool = True) -> None:
@@ -43,10 +51,27 @@ class InputEmbedding(nn.Module):
         super().__init__()
         self.spec = spec
         self.n_cat = len(spec.vocab_sizes)
-        self.seq_names = list(spec.sequence_vocab)
-        self.embedding = FusedEmbedding(
-            spec.vocab_sizes + [spec.sequence_vocab[s] for s in self.seq_names], dim, sparse=sparse
-        )
+        self.seq_names = spec.sequence_fields
+        shares = spec.sequence_shares
+        own = [s for s in spec.sequence_vocab if s not in shares]
+        self.embedding = FusedEmbedding(spec.vocab_sizes + [spec.sequence_vocab[s] for s in own], dim, sparse=sparse)
+        fields = spec.categorical_fields
+        block = {s: fields.index(shares[s]) if s in shares else self.n_cat + own.index(s) for s in spec.sequence_vocab}
+        self.seq_fields = [block[s] for s in self.seq_names]
+        self.seq_sides = [[(side, block[side]) for side in spec.sequence_sides.get(s, [])] for s in self.seq_names]
+        self.seq_targets: list[int | None] = []
+        encoders = []
+        for s in self.seq_names:
+            cfg = SequenceEncoderConfig(**spec.sequence_encoders.get(s, {}))
+            target = cfg.target or shares.get(s)
+            if target is not None and target not in fields:
+                raise PolyrecError(f"Sequence {s!r}: target {target!r} is not a categorical field ({fields}).")
+            if target is None and cfg.kind in NEEDS_TARGET:
+                raise PolyrecError(f"Sequence {s!r}: the {cfg.kind} encoder needs a target (the candidate's "
+                                   "categorical field): share its vocabulary (`vocab:`) or set `target:`.")
+            self.seq_targets.append(None if target is None else fields.index(target))
+            encoders.append(build_sequence_encoder(cfg, dim, spec.sequence_lengths.get(s, 1)))
+        self.seq_encoders = nn.ModuleList(encoders)
         self.n_num = len(spec.numeric_fields)
         self.numeric_vectors = (no_decay(nn.Parameter(torch.randn(self.n_num, dim) * 0.01))
                                 if self.n_num and numeric_fields else None)
@@ -60,14 +85,20 @@ class InputEmbedding(nn.Module):
             table = self.embedding.table.weight
             parts.append(nn.functional.embedding(batch.categorical + self.embedding.offsets[: self.n_cat],
                                                  table, sparse=self.embedding.table.sparse))
-        for j, name in enumerate(self.seq_names):
-            ids = batch.sequences[name]
-            emb = self.embedding(ids, field=self.n_cat + j)  # [B, L, d]
-            mask = (ids > 0).unsqueeze(-1).to(emb.dtype)
-            parts.append(((emb * mask).sum(1) / mask.sum(1).clamp(min=1.0)).unsqueeze(1))
+        for j, (target, encoder) in enumerate(zip(self.seq_targets, self.seq_encoders)):
+            emb, mask = self.sequence_tokens(batch, j)
+            parts.append(encoder(emb, mask, None if target is None else parts[0][:, target]).unsqueeze(1))
         if not parts:
             return batch.numeric.new_zeros(len(batch), 0, self.dim)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def sequence_tokens(self, batch: Batch, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence field j's token (event) embeddings [B, L, d] and its mask [B, L] (False = padding)."""
+        ids = batch.sequences[self.seq_names[j]]
+        emb = self.embedding(ids, field=self.seq_fields[j])
+        for side, side_field in self.seq_sides[j]:  # an event = its item + its side fields (same positions)
+            emb = emb + self.embedding(batch.sequences[side], field=side_field)
+        return emb, ids > 0
 
     def fields(self, batch: Batch) -> torch.Tensor:
         """[B, F, d]: one vector per field, numeric fields included (for attention/FM-style models)."""

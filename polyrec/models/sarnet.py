@@ -103,9 +103,8 @@ class SARNet(MultiTaskModel):
     def behaviour_reads(self, batch: Batch, x: torch.Tensor, e_s: torch.Tensor) -> list[torch.Tensor]:
         q = self.query(torch.cat([x[:, : self.n_cat * self.embed_dim], e_s], dim=1))  # flat starts with the cat fields
         reads = []
-        for j, name in enumerate(self.embedding.seq_names):
-            ids = batch.sequences[name]
-            reads.append(attend(q, self.embedding.embedding(ids, field=self.n_cat + j), ids > 0))
+        for j in range(len(self.embedding.seq_names)):
+            reads.append(attend(q, *self.embedding.sequence_tokens(batch, j)))
         return reads or [attend(q, self.embedding.fields(batch), None)]
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -44,7 +44,7 @@ def columns(schema: Schema, joined: set[str] | frozenset[str] = frozenset(),
     from polyrec.data.derive import raw_columns
 
     kinds = {f.source: "categorical" if isinstance(f, CategoricalFeature) else "numeric"
-             if isinstance(f, NumericFeature) else "sequence" for f in schema.features}
+             if isinstance(f, NumericFeature) else "sequence" for f in schema.all_features}
     if schema.scenario is not None:
         kinds.setdefault(schema.scenario.source, "scenario")
     if schema.user is not None:

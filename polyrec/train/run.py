@@ -19,6 +19,7 @@ from polyrec.config import RunConfig, load_config
 from polyrec.data.batching import TensorTable
 from polyrec.data.encoders import Encoders
 from polyrec.errors import PolyrecError
+from polyrec.layers.sequence import resolve_sequence_encoders
 from polyrec.models import ModelSpec, build_model
 from polyrec.models.base import MultiTaskModel, model_params
 from polyrec.data.prepare import PreparedData, describe, prepare
@@ -46,6 +47,8 @@ class CTRKind(RunKind):
     def build(self, cfg: RunConfig, data: Any, run_dir: Path, log: Callable[[str], None]) -> Built:
         prepared, tables = data
         spec = prepared.model_spec()
+        spec.sequence_encoders = resolve_sequence_encoders(cfg.model.sequence_encoder, cfg.model.sequences,
+                                                           spec.sequence_fields, list(spec.sequence_sides))
         model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
         balancer = balancer_for_heads(cfg.train.balance, model.heads, cfg.train.balance_params)
         n_params = sum(p.numel() for p in model.parameters())
