@@ -440,8 +440,9 @@ ReportWriter = Callable[[Path], Path]  # bench folder -> the report file it wrot
 
 def run_bench(exp: Experiment, bench_dir: str | Path, echo: Echo = _print,
               report: ReportWriter | None = None) -> BenchOutcome:
-    """Every planned run, then the tables and (when a `report` writer is given) the report, while this process
-    holds the bench folder. The writer is handed in because polyrec.report imports this package."""
+    """The lr grid of every row that has one (polyrec.bench.lrgrid), every planned run (at its row's chosen
+    rate), then the tables and (when a `report` writer is given) the report, while this process holds the
+    bench folder. The writer is handed in because polyrec.report imports this package."""
     from polyrec.train.rundir import claim
 
     with claim(bench_dir, "bench folder"):
