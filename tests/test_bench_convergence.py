@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -218,9 +219,11 @@ def test_lr_grid_settings_and_their_errors(tmp_path):
 
 
 def test_cli_refuses_a_malformed_grid_in_one_line(tmp_path):
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's polyrec, whatever is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "polyrec.cli", "bench", "--dataset", DATASET, "--models", "mmoe",
                            "--seeds", "1", "--set", "bench.lr_grid=[0.001]", "--out", str(tmp_path / "b")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "lr_grid" in lines[0] and "one rate" in lines[0]
