@@ -1,5 +1,12 @@
 """Pick each row's learning rate per dataset from a finished learning-rate grid bench (validation only).
 
+`polyrec bench` now does this itself (`lr_grid:` in the experiment, polyrec/bench/lrgrid.py: chosen on
+validation, the grid extended when the best rate is at an edge); this script remains for the grid benches made
+before, and for carrying a bench's chosen rates into another experiment. A GRID_DIR is either such an old grid
+bench (rows `ROW/adam[lr=X]`) or a bench with an lr-grid.json (its rates' validation values are used).
+A winner at the smallest or largest rate of its grid may not be the optimum: the script then fails, naming the
+rows, unless --allow-edge (which reproduces the committed docs/results/sapenet.yaml and waata-*.yaml).
+
 The grid bench's rows are `ROW/adam[lr=X]` (from `optimizers: [adam[lr=...], ...]`); for every (dataset, ROW)
 this keeps the lr whose runs have the best mean validation monitor (`best_val_monitor` in metrics.json, i.e.
 the early-stopping metric on the validation split: test metrics are never read) and writes an experiment
@@ -29,6 +36,15 @@ _LABEL = re.compile(r"^(?P<row>.+)/(?P<opt>[a-z]+)\[lr=(?P<lr>[0-9.eE+-]+)\]$")
 
 def collect(grid: Path) -> dict[str, dict[str, dict[float, list[float]]]]:
     """dataset -> row -> lr -> validation monitor of each finished seed."""
+    selections = grid / "lr-grid.json"
+    if selections.exists():  # a bench that selected its rates itself
+        out: dict[str, dict[str, dict[float, list[float]]]] = {}
+        for ds, rows in json.loads(selections.read_text()).get("datasets", {}).items():
+            for row, sel in rows.items():
+                for point in sel.get("points") or []:
+                    if point.get("mean") is not None:  # a rate with a failed seed cannot win
+                        out.setdefault(ds, {}).setdefault(row, {})[float(point["lr"])] = list(point["values"].values())
+        return out
     spec = yaml.safe_load((grid / "bench.yaml").read_text())
     out: dict[str, dict[str, dict[float, list[float]]]] = {}
     for ds in spec["datasets"]:
@@ -50,6 +66,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=["max", "min"], default="max", help="max for AUC monitors, min for losses")
     ap.add_argument("--same-lr", action="append", default=[], metavar="ROW=FROM",
                     help="template row ROW (not searched) takes row FROM's chosen rate; repeatable")
+    ap.add_argument("--allow-edge", action="store_true",
+                    help="write the rates even when a winner is the smallest or largest of its grid")
     args = ap.parse_args()
     same = {}
     for item in args.same_lr:
@@ -65,13 +83,22 @@ def main() -> None:
                     found.setdefault(ds, {}).setdefault(row, {}).setdefault(lr, []).extend(values)
     template = yaml.safe_load(args.template.read_text())
     chosen: dict[str, dict[str, float]] = {}
+    edges: list[str] = []
     print(f"{'dataset':<16} {'row':<22} {'lr':>8}  validation monitor per lr (mean over seeds)")
     for ds, rows in found.items():
         for row, by_lr in rows.items():
             means = {lr: statistics.fmean(v) for lr, v in sorted(by_lr.items())}
             pick = (max if args.mode == "max" else min)(means, key=means.get)
             chosen.setdefault(row, {})[ds] = pick
-            print(f"{ds:<16} {row:<22} {pick:>8g}  " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in means.items()))
+            edge = len(means) < 3 or pick in (min(means), max(means))
+            if edge:
+                edges.append(f"{row} on {ds} ({pick:g})")
+            print(f"{ds:<16} {row:<22} {pick:>8g}  " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in means.items())
+                  + ("  <- at the grid's edge" if edge else ""))
+    if edges and not args.allow_edge:
+        raise SystemExit(f"select_lr: the best rate is at the edge of its grid (not bracketed) for "
+                         f"{', '.join(edges)}; widen the grid (polyrec bench's lr_grid extends it itself) "
+                         "or pass --allow-edge.")
     for row, source in same.items():
         if source not in chosen:
             raise SystemExit(f"--same-lr {row}={source}: {source!r} has no finished grid runs")

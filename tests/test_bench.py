@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -347,7 +348,8 @@ def test_bench_folder_layout_and_failure_isolation(small_bench):
     assert res["rows"]["mmoe"]["metrics"]["seconds_per_epoch"]["n"] == 2
     md = (out / "results.md").read_text()
     assert "`sharedbottom` seed 1: RuntimeError: injected failure" in md
-    assert "| mmoe[n_experts=abc] | 0/2 |" in md and "| sharedbottom | 1/2 |" in md
+    # one epoch: its best epoch is its last, so every finished row is cap-bound (†); a row with none is not
+    assert "| mmoe[n_experts=abc] | 0/2 |" in md and "| sharedbottom † | 1/2 |" in md
     assert "<25/click AUC" in md and "overall LogLoss" in md
     spec = yaml.safe_load((out / "bench.yaml").read_text())
     assert spec["seeds"] == [0, 1] and [r["label"] for r in spec["rows"]] == ["mmoe", "sharedbottom",
@@ -436,7 +438,7 @@ def test_killed_bench_finishes_only_missing_runs_when_rerun(tmp_path):
         assert f"[2/2] {DATASET} sharedbottom seed 1 ... resuming from its checkpoint" in again.stdout
     assert first.stat().st_mtime_ns == mtime
     assert (second / "metrics.json").exists()
-    assert "| sharedbottom | 2/2 |" in again.stdout and str(out / "results.md") in again.stdout
+    assert re.search(r"\| sharedbottom( †)? \| 2/2 \|", again.stdout) and str(out / "results.md") in again.stdout
 
 
 def test_cli_bench_rejects_unknown_row_parameters_before_training(tmp_path):

@@ -14,14 +14,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from polyrec.bench.lrgrid import lr_text
 from polyrec.bench.stats import ALPHA, PairedTest, mean_std, min_wilcoxon_p, paired_test, significant
-from polyrec.bench.store import load_bench, load_spec
+from polyrec.bench.store import is_cap_bound, load_bench, load_spec
 from polyrec.metrics.direction import lower_is_better
 from polyrec.metrics.report import flatten
 from polyrec.utils.io import atomic_write_text
 
 COST_KEYS = ("train_seconds", "seconds_per_epoch", "wall_seconds", "epochs_run", "best_epoch")
 FILES = ("results.json", "results.csv", "results-per-seed.csv", "results.md")
+CAP_MARK = "†"  # a row with a cap-bound run: its best epoch was its last (see store.is_cap_bound)
 
 
 def seed_values(metrics: dict[str, Any]) -> dict[str, float]:
@@ -132,8 +134,13 @@ def collect(bench_dir: str | Path) -> dict[str, Any]:
     seeds = [int(s) for s in spec.get("seeds") or []]
     rows = [r for r in spec["rows"] if isinstance(r, dict) and "label" in r]
     with_curves = bool(spec.get("optimizers"))
+    # benches run under the convergence rules (bench.yaml's `convergence`) get the cap-bound marks and the lr
+    # selection; older benches aggregate exactly as they did (tests/test_committed_results.py pins them)
+    rules = spec.get("convergence") if isinstance(spec.get("convergence"), dict) else None
     out: dict[str, Any] = {"bench_dir": str(bench_dir), "name": spec.get("name"), "seeds": seeds,
                            "alpha": ALPHA, "datasets": {}}
+    if rules is not None:
+        out["convergence"] = rules
     for ds in spec.get("datasets") or []:
         ds_rows: dict[str, Any] = {}
         test_metrics: list[dict[str, Any]] = []
@@ -169,6 +176,9 @@ def collect(bench_dir: str | Path) -> dict[str, Any]:
                 stats = [mean_std(c[e] for c in curves.values() if e in c) for e in epochs]
                 info["curve"] = {"monitor": monitor, "epochs": epochs, "mean": [s[0] for s in stats],
                                  "std": [s[1] for s in stats], "n": [s[2] for s in stats]}
+            if rules is not None:
+                info["cap_bound_seeds"] = [s for s, v in info["values"].items()
+                                           if is_cap_bound(v.get("epochs_run"), v.get("best_epoch"))]
             ds_rows[label] = info
         columns = table_columns(test_metrics)
         table: dict[str, Any] = {"columns": columns, "cells": {lb: {} for lb in ds_rows}, "tests": {}}
@@ -180,6 +190,14 @@ def collect(bench_dir: str | Path) -> dict[str, Any]:
                 table["cells"][lb][col["key"]] = cell
             table["tests"][col["key"]] = marked["test"]
         out["datasets"][ds] = {"rows": ds_rows, "table": table}
+        if rules is not None:
+            out["datasets"][ds]["convergence"] = {
+                "cap_bound_rows": [lb for lb, info in ds_rows.items() if info["cap_bound_seeds"]],
+                "cap_bound_runs": sum(len(info["cap_bound_seeds"]) for info in ds_rows.values()),
+                "finished_runs": sum(len(info["seeds_ok"]) for info in ds_rows.values())}
+            selections = (bench.lr_grid.get("datasets") or {}).get(str(ds)) or {}
+            if selections:
+                out["datasets"][ds]["lr_grid"] = {lb: sel for lb, sel in selections.items() if lb in ds_rows}
     return out
 
 
@@ -239,6 +257,44 @@ def deviation_lines(models: list[str]) -> list[str]:
             *[f"- `{m}`: {d}" for m, d in found], ""]
 
 
+def _row_label(label: str, info: dict[str, Any]) -> str:
+    return _md_escape(label) + (f" {CAP_MARK}" if info.get("cap_bound_seeds") else "")
+
+
+def convergence_lines(res: dict[str, Any]) -> list[str]:
+    """The cap-bound footnote and summary line under the main table."""
+    conv, rows = res["convergence"], res["rows"]
+    marked = conv["cap_bound_rows"]
+    lines = [f"{CAP_MARK}: cap-bound — on some seeds (count in the cost table) the best validation epoch was the "
+             "last epoch run: the epoch cap ended the run, not early stopping, so it may not have converged "
+             "(the row compares a budget, not a model); raise train.epochs.", ""] if marked else []
+    lines += [f"Convergence: {len(marked)} of {len(rows)} row(s) cap-bound "
+              f"({conv['cap_bound_runs']} of {conv['finished_runs']} finished run(s))"
+              + (": " + ", ".join(f"`{_md_escape(lb)}`" for lb in marked) if marked else "") + ".", ""]
+    return lines
+
+
+def lr_grid_lines(selections: dict[str, Any]) -> list[str]:
+    """The learning-rate selection of each row with a grid: every rate's validation score, the choice."""
+    body = []
+    for lb, sel in selections.items():
+        points = []
+        for p in sel.get("points") or []:
+            score = f"{p['mean']:.4f}" if isinstance(p.get("mean"), (int, float)) else "failed"
+            text = f"{lr_text(p['lr'])}: {score}"
+            points.append(f"**{text}**" if p["lr"] == sel.get("chosen") else text)
+        ext = ", ".join(f"{e['direction']} to {lr_text(e['lr'])}" for e in sel.get("extensions") or []) or "—"
+        chosen = lr_text(sel["chosen"]) if sel.get("chosen") is not None else f"FAILED: {sel.get('message')}"
+        body.append([_md_escape(lb), _md_escape(sel.get("monitor", "")), _md_escape("; ".join(points)), ext,
+                     _md_escape(chosen)])
+    seeds = next(iter(selections.values())).get("seeds") or []
+    return [f"Learning rate per row, chosen on validation (mean `best_val_monitor` over seed(s) "
+            f"{', '.join(map(str, seeds))}; a best rate at a grid edge extends the grid one log step; test "
+            "metrics are not read):", "",
+            *_md_table(["row", "validation monitor", "grid (rate: score; chosen in bold)", "extensions", "lr"],
+                       body), ""]
+
+
 def dataset_markdown(ds: str, res: dict[str, Any], seeds: list[int], alpha: float = ALPHA) -> str:
     rows, table = res["rows"], res["table"]
     cols = table["columns"]
@@ -252,10 +308,12 @@ def dataset_markdown(ds: str, res: dict[str, Any], seeds: list[int], alpha: floa
                   "AUC: higher is better; LogLoss and RMSE: lower is better.", ""]
         body = []
         for lb, info in rows.items():
-            body.append([_md_escape(lb), f"{len(info['seeds_ok'])}/{len(seeds)}"]
+            body.append([_row_label(lb, info), f"{len(info['seeds_ok'])}/{len(seeds)}"]
                         + [format_cell(table["cells"][lb].get(c["key"], {})) for c in cols])
         lines += _md_table(["row", "seeds"] + [_md_escape(c["header"]) for c in cols], body)
         lines.append("")
+        if "convergence" in res:
+            lines += convergence_lines(res)
         lines += deviation_lines(sorted({str(info["model"]) for info in rows.values() if info.get("model")}))
         # the tests behind the stars
         tbody = []
@@ -294,11 +352,15 @@ def dataset_markdown(ds: str, res: dict[str, Any], seeds: list[int], alpha: floa
                 s = _num(m[key]["mean"], digits)
                 return s + (f" ± {_num(m[key]['std'], digits)}" if m[key]["n"] > 1 else "")
 
-            cost.append([_md_escape(lb), pm("train_seconds"), pm("seconds_per_epoch", 2), pm("epochs_run"),
-                         pm("best_epoch")])
+            cost.append([_row_label(lb, info), pm("train_seconds"), pm("seconds_per_epoch", 2), pm("epochs_run"),
+                         pm("best_epoch")] + ([f"{len(info['cap_bound_seeds'])}/{len(info['seeds_ok'])}"]
+                                              if "convergence" in res else []))
         lines += ["Cost (mean ± std over finished seeds):", ""]
-        lines += _md_table(["row", "train s", "s / epoch", "epochs run", "best epoch"], cost)
+        lines += _md_table(["row", "train s", "s / epoch", "epochs run", "best epoch"]
+                           + (["cap-bound seeds"] if "convergence" in res else []), cost)
         lines.append("")
+    if res.get("lr_grid"):
+        lines += lr_grid_lines(res["lr_grid"])
     failed = [(lb, s, f) for lb, info in rows.items() for s, f in info["seeds_failed"].items()]
     missing = [(lb, s) for lb, info in rows.items() for s in info["seeds_missing"]]
     if failed:

@@ -24,6 +24,18 @@ Experiment YAML (every key optional except datasets and rows, which the command 
     dataset_set: {movielens-1m: {train.lr: 0.002}}
     rows: [mmoe, "ple[n_shared=2]", {label: mmoe-8, model: mmoe, set: {model.n_experts: 8}}]
     optimizers: [sgd, adam]
+    lr_grid: [0.001, 0.003, 0.01]   # learning rate chosen per (dataset, row) on validation (polyrec.bench.lrgrid)
+    lr_grid_extensions: 2           # a winner at an edge adds up to this many points beyond it, then fails
+    lr_selection_seeds: 1           # the first N seeds choose the lr (mean validation monitor)
+    allow_short_patience: false     # true: accept train.patience 1 or 2 (refused: it stops runs on noise)
+
+  A row's own ``lr_grid:`` (or ``bench.lr_grid=[...]`` in its brackets) replaces the bench's; ``lr_grid: []``
+  keeps the row's configured learning rate. On the command line the bench settings are
+  ``--set bench.lr_grid=[0.001,0.003,0.01]`` and so on.
+
+Convergence rules: every run of a bench gets ``train.patience`` 3 unless its config sets one; an explicit
+patience of 1 or 2 is refused (``allow_short_patience`` overrides; 0 = never stop early is accepted: it cannot
+stop a run early, and a row whose best epoch is its last is marked in the tables either way).
 
 Precedence, lowest first: config files and ``base``; ``set`` and ``--set``; ``dataset_set`` of the run's
 dataset; the row (model, params, set); the optimiser; ``train.seed`` = the seed. Model parameters from the
@@ -36,6 +48,7 @@ the same seed gives every row the same split and initialisation, which is what p
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +56,7 @@ from typing import Any, get_args
 
 import yaml
 
+from polyrec.bench.lrgrid import lr_text
 from polyrec.config import DataConfig, RunConfig, TrainConfig, load_config, set_dotted
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.utils.io import read_yaml
@@ -64,8 +78,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 SECTIONS = ("data", "model", "train", "topk")
-EXPERIMENT_KEYS = ("name", "datasets", "seeds", "config", "base", "set", "dataset_set", "rows", "optimizers")
-ROW_KEYS = ("label", "model", "params", "set", "dataset_set")
+# bench-wide convergence settings: experiment keys, and `--set bench.KEY=VALUE` on the command line
+BENCH_SETTINGS = ("lr_grid", "lr_grid_extensions", "lr_selection_seeds", "allow_short_patience")
+EXPERIMENT_KEYS = ("name", "datasets", "seeds", "config", "base", "set", "dataset_set", "rows", "optimizers",
+                   *BENCH_SETTINGS)
+ROW_KEYS = ("label", "model", "params", "set", "dataset_set", "lr_grid")
+MIN_PATIENCE = 3  # a bench run's default train.patience, and the smallest one accepted (0 aside)
+DEFAULT_LR_EXTENSIONS = 2
 _NAME = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\[(.*)\])?\s*$", re.DOTALL)
 
 
@@ -164,10 +183,59 @@ def parse_assignments(items: Any, where: str) -> dict[str, Any]:
     return out
 
 
+def parse_lr_grid(value: Any, where: str) -> list[float]:
+    """A learning-rate grid: >= 2 distinct positive rates (YAML numbers, or text such as '1e-3', which YAML
+    reads as a string), sorted ascending; [] or null: no grid. A grid is meant to be log-spaced (1e-3, 3e-3,
+    1e-2): an edge winner extends it by the ratio of its two outermost points at that edge."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [parse_value(v) for v in split_top(value.strip().strip("[]"))]
+    if not isinstance(value, (list, tuple)):
+        raise PolyrecError(f"{where}: lr_grid must be a list of learning rates, e.g. [0.001, 0.003, 0.01]; "
+                           f"got {value!r}.")
+    rates: list[float] = []
+    for v in value:
+        try:
+            rate = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            rate = math.nan
+        if not (math.isfinite(rate) and rate > 0):
+            raise PolyrecError(f"{where}: lr_grid holds {v!r}, which is not a positive learning rate.")
+        rates.append(rate)
+    if len({lr_text(r) for r in rates}) != len(rates):  # lr_text names the grid's run folders
+        raise PolyrecError(f"{where}: lr_grid {list(value)} repeats a rate (to 6 significant digits).")
+    if len(rates) == 1:
+        raise PolyrecError(f"{where}: lr_grid {list(value)} has one rate: a grid needs >= 2 to bracket the best "
+                           "(3 or more, log-spaced, is better); [] keeps the configured train.lr.")
+    return sorted(rates)
+
+
+def parse_count(value: Any, where: str, low: int) -> int:
+    if isinstance(value, str):
+        value = parse_value(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PolyrecError(f"{where} must be an integer >= {low}, got {value!r}.")
+    return value
+
+
+def parse_flag(value: Any, where: str) -> bool:
+    if isinstance(value, str):
+        value = parse_value(value)
+    if not isinstance(value, bool):
+        raise PolyrecError(f"{where} must be true or false, got {value!r}.")
+    return value
+
+
 def check_key(key: str, where: str) -> None:
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
         raise PolyrecError(f"{where}: key {key!r} must name a section and a key, e.g. train.lr or model.n_experts.")
+    if parts[0] == "bench":
+        if len(parts) != 2 or parts[1] not in BENCH_SETTINGS:
+            raise PolyrecError(f"{where}: unknown bench setting {key!r}.{close_matches(parts[-1], BENCH_SETTINGS)} "
+                               f"Bench settings: {', '.join('bench.' + k for k in BENCH_SETTINGS)}.")
+        return
     if parts[0] not in SECTIONS:
         raise PolyrecError(f"{where}: unknown config section {parts[0]!r} in {key!r}."
                            f"{close_matches(parts[0], SECTIONS)} Sections: {', '.join(SECTIONS)}.")
@@ -217,6 +285,7 @@ class Row:
     optimizer: str | None = None  # set by --optimizers
     source: str | None = None  # the text as written
     dataset_set: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> overrides, this row only
+    lr_grid: list[float] | None = None  # None: the bench's grid; []: no grid (the configured train.lr)
 
     @property
     def folder(self) -> str:
@@ -232,6 +301,8 @@ class Row:
             out["optimizer"] = self.optimizer
         if self.dataset_set:
             out["dataset_set"] = self.dataset_set
+        if self.lr_grid is not None:
+            out["lr_grid"] = list(self.lr_grid)
         out["folder"] = self.folder
         return out
 
@@ -271,8 +342,13 @@ def make_row(label: str, model_text: str, params: dict[str, Any] | None = None,
     b_params, b_sets = _split_params(bracket, where)
     p_params, p_sets = _split_params(dict(params or {}), where)
     all_sets = {**base_sets, **b_sets, **p_sets, **parse_assignments(sets, where)}
+    lr_grid = None
     for k in list(all_sets):
         check_key(k, where)
+        if k == "bench.lr_grid":
+            lr_grid = parse_lr_grid(all_sets.pop(k), where)
+        elif k.startswith("bench."):
+            raise PolyrecError(f"{where}: {k} is a setting of the whole bench; a row may set bench.lr_grid only.")
         if k.startswith("model."):
             sub = k.split(".", 1)[1]
             if sub == "name":
@@ -287,7 +363,7 @@ def make_row(label: str, model_text: str, params: dict[str, Any] | None = None,
         if k not in fields:
             raise PolyrecError(f"{where}: unknown parameter {k!r} for model {model!r}.{close_matches(k, fields)} "
                                f"Parameters: {', '.join(fields)}.")
-    return Row(label, model, merged, all_sets, None, source if source is not None else label)
+    return Row(label, model, merged, all_sets, None, source if source is not None else label, lr_grid=lr_grid)
 
 
 def parse_row(item: Any) -> Row:
@@ -307,6 +383,8 @@ def parse_row(item: Any) -> Row:
         if not isinstance(params, dict):
             raise PolyrecError(f"row {label!r}: params must be a mapping.")
         row = make_row(label, model_text, params, item.get("set"), source=None)
+        if "lr_grid" in item:
+            row.lr_grid = parse_lr_grid(item["lr_grid"], f"row {label!r}")
         per_dataset = item.get("dataset_set") or {}
         if not isinstance(per_dataset, dict):
             raise PolyrecError(f"row {label!r}: dataset_set must map dataset names to overrides.")
@@ -314,9 +392,10 @@ def parse_row(item: Any) -> Row:
             parsed = parse_assignments(sets, f"row {label!r} dataset_set[{ds}]")
             for k in parsed:
                 check_key(k, f"row {label!r} dataset_set[{ds}]")
-                if k.startswith("model.") and k != "model.embed_dim":
-                    raise PolyrecError(f"row {label!r} dataset_set[{ds}]: set model parameters with `params:`; "
-                                       "dataset_set takes data.*, train.* and model.embed_dim.")
+                if k.startswith("model.") and k != "model.embed_dim" or k.startswith("bench."):
+                    raise PolyrecError(f"row {label!r} dataset_set[{ds}]: set model parameters with `params:` "
+                                       "and a row's lr grid with `lr_grid:`; dataset_set takes data.*, train.* "
+                                       "and model.embed_dim.")
             row.dataset_set[str(ds)] = parsed
         return row
     raise PolyrecError(f"A row must be a model name or a mapping with label/model/params/set, got {item!r}.")
@@ -345,7 +424,7 @@ def expand_optimizers(rows: list[Row], optimizers: list[str]) -> list[Row]:
             name, sets = parse_optimizer(text)
             out.append(Row(f"{row.label}/{text}", row.model, dict(row.params),
                            {**row.set, "train.optimizer": name, **sets}, name, row.source,
-                           copy.deepcopy(row.dataset_set)))
+                           copy.deepcopy(row.dataset_set), copy.copy(row.lr_grid)))
     return out
 
 
@@ -363,11 +442,24 @@ class Experiment:
     config_files: list[str] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lr_grid: list[float] = field(default_factory=list)  # the bench's grid; a row's own replaces it
+    lr_grid_extensions: int = DEFAULT_LR_EXTENSIONS
+    lr_selection_seeds: int = 1  # the first N seeds choose each row's lr
+    allow_short_patience: bool = False
 
-    def config_for(self, dataset: str, row: Row, seed: int) -> RunConfig:
-        return load_config(base=self.raw_for(dataset, row, seed))
+    def grid_for(self, row: Row) -> list[float]:
+        """The row's learning-rate grid ([]: no selection, its configured train.lr)."""
+        return list(row.lr_grid if row.lr_grid is not None else self.lr_grid)
 
-    def raw_for(self, dataset: str, row: Row, seed: int) -> dict[str, Any]:
+    @property
+    def selection_seeds(self) -> list[int]:
+        return self.seeds[: self.lr_selection_seeds]
+
+    def config_for(self, dataset: str, row: Row, seed: int, lr: float | None = None) -> RunConfig:
+        """The run's config; `lr` (a grid point or the chosen rate) overrides every other train.lr."""
+        return load_config(base=self.raw_for(dataset, row, seed, lr))
+
+    def raw_for(self, dataset: str, row: Row, seed: int, lr: float | None = None) -> dict[str, Any]:
         raw = copy.deepcopy(self.base)
         for k, v in self.overrides.items():
             set_dotted(raw, k, v)
@@ -383,6 +475,10 @@ class Experiment:
             set_dotted(raw, k, v)
         for k, v in row.dataset_set.get(dataset, {}).items():
             set_dotted(raw, k, v)
+        if lr is not None:
+            set_dotted(raw, "train.lr", lr)
+        if "patience" not in (raw.get("train") or {}):  # the bench's default, not polyrec train's 2
+            set_dotted(raw, "train.patience", MIN_PATIENCE)
         set_dotted(raw, "train.seed", seed)
         return raw
 
@@ -438,6 +534,9 @@ class Experiment:
                 or self.overrides.get("data.split_seed") is not None:
             self.notes.append("data.split_seed is fixed: every seed uses the same split; seeds vary only the "
                               "initialisation and the shuffling.")
+        if self.lr_selection_seeds > len(self.seeds):
+            raise PolyrecError(f"lr_selection_seeds={self.lr_selection_seeds} but the bench has "
+                               f"{len(self.seeds)} seed(s).")
         for ds in self.datasets:
             for row in self.rows:
                 dropped = self.dropped_params(ds, row)
@@ -446,7 +545,25 @@ class Experiment:
                             f"({row.model} has no such parameter).")
                     if note not in self.notes:
                         self.notes.append(note)
-                self.config_for(ds, row, self.seeds[0])  # schema errors now, not after hours of training
+                cfg = self.config_for(ds, row, self.seeds[0])  # schema errors now, not after hours of training
+                self._check_convergence(ds, row, cfg)
+
+    def _check_convergence(self, dataset: str, row: Row, cfg: RunConfig) -> None:
+        """The bench's convergence rules, before any training: patience >= MIN_PATIENCE (or 0), and a row with
+        an lr grid does not also fix its learning rate."""
+        patience = cfg.train.patience
+        if 0 < patience < MIN_PATIENCE and not self.allow_short_patience:
+            raise PolyrecError(
+                f"row {row.label!r} on {dataset}: train.patience={patience} stops runs on a noisy epoch before "
+                f"they converge; a bench needs train.patience >= {MIN_PATIENCE} (0: never stop early), or "
+                "allow_short_patience: true in the experiment (--set bench.allow_short_patience=true).")
+        grid = self.grid_for(row)
+        if grid:
+            own = {**row.set, **row.dataset_set.get(dataset, {})}
+            if "train.lr" in own:
+                raise PolyrecError(
+                    f"row {row.label!r} on {dataset}: sets train.lr={own['train.lr']} and has the lr grid "
+                    f"{grid}; give the row `lr_grid: []` to keep its rate, or drop its train.lr.")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -464,6 +581,10 @@ class Experiment:
             out["dataset_set"] = self.dataset_set
         if self.optimizers:
             out["optimizers"] = list(self.optimizers)
+        # the rules this bench ran under; its presence also tells the aggregator to mark cap-bound rows
+        out["convergence"] = {"min_patience": MIN_PATIENCE, "allow_short_patience": self.allow_short_patience,
+                              "lr_grid": list(self.lr_grid), "lr_grid_extensions": self.lr_grid_extensions,
+                              "lr_selection_seeds": self.selection_seeds}
         out["rows"] = [r.to_dict() for r in self.rows]
         if self.notes:
             out["notes"] = list(self.notes)
@@ -576,11 +697,22 @@ def build_experiment(
     if not isinstance(dataset_set_raw, dict):
         raise PolyrecError("`dataset_set:` must map dataset names to overrides.")
     dataset_set = {str(ds): parse_assignments(v, f"dataset_set[{ds}]") for ds, v in dataset_set_raw.items()}
+    for ds, d in dataset_set.items():
+        for k in d:
+            if k.startswith("bench."):
+                raise PolyrecError(f"dataset_set[{ds}]: {k} is a setting of the whole bench, not of a dataset.")
+    settings = {k: spec[k] for k in BENCH_SETTINGS if k in spec}  # experiment keys, then set / --set bench.*
+    settings.update({k.split(".", 1)[1]: sets.pop(k) for k in list(sets) if k.startswith("bench.")})
 
     exp = Experiment(
         datasets=ds_list, seeds=seed_list, rows=expand_optimizers(rows, opt_list), base=base, overrides=sets,
         dataset_set=dataset_set, optimizers=opt_list, name=spec.get("name"), config_files=files,
         command=list(command or []),
+        lr_grid=parse_lr_grid(settings.get("lr_grid"), "lr_grid"),
+        lr_grid_extensions=parse_count(settings.get("lr_grid_extensions", DEFAULT_LR_EXTENSIONS),
+                                       "lr_grid_extensions", 0),
+        lr_selection_seeds=parse_count(settings.get("lr_selection_seeds", 1), "lr_selection_seeds", 1),
+        allow_short_patience=parse_flag(settings.get("allow_short_patience", False), "allow_short_patience"),
     )
     exp.validate()
     return exp

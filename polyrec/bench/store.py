@@ -7,6 +7,8 @@ Layout (written by the bench runner)::
     environment.json  versions, git commit, data fingerprints
     runs/<dataset>/<row folder>/seed<k>/   ordinary polyrec run folders (metrics.json, metrics.jsonl,
                       steps.jsonl, gates.json for expert models, error.json for failed runs, config.yaml)
+    lr-grid.json      learning-rate selection of the rows with a grid (polyrec.bench.lrgrid)
+    lr-grid/<dataset>/<row folder>/lr=<rate>/seed<k>/   the grid's run folders (not rows of the tables)
     results.md        the aggregator's Markdown tables
 
 Reading is tolerant (absent or unreadable files leave gaps, not errors); a run's large files (the per-step
@@ -25,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from polyrec.bench.lrgrid import LR_GRID, lr_text
 from polyrec.errors import PolyrecError
 from polyrec.metrics.topk import headline_key
 from polyrec.utils.io import read_json_or_none
@@ -35,6 +38,24 @@ _SEED_DIR = re.compile(r"^seed(-?\d+)$")
 def run_dir(bench_dir: Path, dataset: str, folder: str, seed: int) -> Path:
     """Where the runner puts run (dataset, row folder, seed)."""
     return Path(bench_dir) / "runs" / dataset / folder / f"seed{seed}"
+
+
+def grid_run_dir(bench_dir: Path, dataset: str, folder: str, lr: float, seed: int) -> Path:
+    """Where the runner puts the lr grid's run at rate `lr` (outside runs/: grid runs are not table rows)."""
+    return Path(bench_dir) / "lr-grid" / dataset / folder / f"lr={lr_text(lr)}" / f"seed{seed}"
+
+
+def read_lr_grid(bench_dir: Path) -> dict[str, Any]:
+    """lr-grid.json ({} when the bench selected no learning rate, or the file is unreadable)."""
+    data = read_json_or_none(Path(bench_dir) / LR_GRID)
+    return data if isinstance(data, dict) else {}
+
+
+def is_cap_bound(epochs_run: Any, best_epoch: Any) -> bool:
+    """A run whose best validation epoch is its last: the epoch cap ended it, not early stopping (which needs
+    `patience` epochs without improvement after the best), so its validation curve may still be rising."""
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (epochs_run, best_epoch))
+    return ok and epochs_run >= 1 and best_epoch == epochs_run
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -117,6 +138,11 @@ class Run:
         return (self.metrics or {}).get("test") or {}
 
     @property
+    def cap_bound(self) -> bool:
+        m = self.metrics or {}
+        return is_cap_bound(m.get("epochs_run"), m.get("best_epoch"))
+
+    @property
     def head_names(self) -> list[str]:
         return list(self.test.get("heads", {}))
 
@@ -174,6 +200,7 @@ class Bench:
     labels: list[str]  # row order: bench.yaml's, then labels only found on disk
     runs: list[Run]
     results_md: str | None
+    lr_grid: dict[str, Any] = field(default_factory=dict)  # lr-grid.json
     _by_folder: dict[tuple[str, str, int], Run] = field(default_factory=dict, repr=False)
 
     def runs_of(self, dataset: str, label: str | None = None) -> list[Run]:
@@ -270,4 +297,4 @@ def load_bench(bench_dir: str | Path) -> Bench:
     datasets += [d for d in disk_datasets if d not in datasets]
     labels = list(dict.fromkeys(spec_labels + [r.label for r in runs]))
     results_md = (bench_dir / "results.md").read_text() if (bench_dir / "results.md").exists() else None
-    return Bench(bench_dir, spec, environment, datasets, labels, runs, results_md, by_folder)
+    return Bench(bench_dir, spec, environment, datasets, labels, runs, results_md, read_lr_grid(bench_dir), by_folder)

@@ -5,7 +5,8 @@ style sheet is inline, there is no JavaScript, and a Content-Security-Policy met
 fetching anything, so it opens offline and can be mailed or archived.
 
 The page leads with the results: the aggregator's results.md tables (or, without one, summary tables computed
-from the run folders), then each dataset's figures; then the failed runs; then the experiment's configuration
+from the run folders), then the cap-bound runs (convergence) and the learning-rate selection, then each dataset's
+figures; then the failed runs; then the experiment's configuration
 and the environment. The bench folder is read by polyrec.bench.store, as the aggregator reads it.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from polyrec.bench.store import Bench, load_bench
 from polyrec.report.figures import Figure, Figures, dataset_figures
 from polyrec.report.markup import esc, flatten, kv_table, markdown_to_html, slug, table
-from polyrec.report.tables import summary_html
+from polyrec.report.tables import convergence_html, lr_grid_html, summary_html
 from polyrec.utils.io import atomic_write_text
 
 REPORT = "report.html"
@@ -127,6 +128,9 @@ def render_report(bench: Bench) -> str:
     sections: list[tuple[str, str, str]] = []  # (id, heading, html)
     results = markdown_to_html(bench.results_md) if bench.results_md is not None else summary_html(bench)
     sections.append(("results", "Results", results))
+    sections.append(("convergence", "Convergence", convergence_html(bench)))
+    if bench.lr_grid.get("datasets"):
+        sections.append(("lr-grid", "Learning-rate selection", lr_grid_html(bench)))
     n_figures = 0
     for ds in bench.datasets:
         figures = dataset_figures(figs, bench, ds)

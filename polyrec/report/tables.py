@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from polyrec.bench.lrgrid import lr_text
 from polyrec.bench.stats import mean_std
 from polyrec.bench.store import Bench, Run, head_metric, heads_and_scenarios
 from polyrec.report.markup import esc, table
+
+CAP_MARK = "†"
 
 
 def summarize(bench: Bench) -> dict[str, list[dict[str, Any]]]:
@@ -74,3 +77,55 @@ def summary_html(bench: Bench) -> str:
                                 [[r["label"]] + [_pm(r["cells"][k]) if k in r["cells"] else "—" for k in keys]
                                  for r in rows]))
     return "\n".join(parts)
+
+
+def convergence_html(bench: Bench) -> str:
+    """Cap-bound runs (best epoch = last epoch run: the epoch cap ended them, not early stopping) per dataset
+    and row, read from the run folders, so a bench made before the convergence rules shows them too."""
+    parts = [f'<p class="note">{CAP_MARK}: a row with a cap-bound run, one whose best validation epoch was its '
+             "last: the epoch cap ended it, not early stopping, so it may not have converged (raise "
+             "train.epochs). Per seed: best epoch / epochs run.</p>"]
+    for ds in bench.datasets:
+        body, marked, n_runs, n_bound = [], 0, 0, 0
+        for label in bench.labels_of(ds):
+            ok = [r for r in bench.runs_of(ds, label) if r.ok]
+            if not ok:
+                continue
+            bound = [r for r in ok if r.cap_bound]
+            marked += bool(bound)
+            n_runs, n_bound = n_runs + len(ok), n_bound + len(bound)
+            per_seed = ", ".join(f"seed {r.seed}: {(r.metrics or {}).get('best_epoch')}/"
+                                 f"{(r.metrics or {}).get('epochs_run')}" + (f" {CAP_MARK}" if r.cap_bound else "")
+                                 for r in ok)
+            body.append([label + (f" {CAP_MARK}" if bound else ""), f"{len(bound)}/{len(ok)}", per_seed])
+        if not body:
+            continue
+        parts.append(f"<h3>{esc(ds)}</h3>")
+        cls = "bad" if marked else "note"
+        parts.append(f'<p class="{cls}">{marked} of {len(body)} row(s) cap-bound ({n_bound} of {n_runs} finished '
+                     "run(s)).</p>")
+        parts.append(table(["row", "cap-bound seeds", "best epoch / epochs run"], body, numeric_from=99))
+    return "\n".join(parts)
+
+
+def lr_grid_html(bench: Bench) -> str:
+    """The learning-rate selection (lr-grid.json): every rate's validation score, extensions and the choice."""
+    parts = []
+    for ds, selections in (bench.lr_grid.get("datasets") or {}).items():
+        parts.append(f"<h3>{esc(ds)}</h3>")
+        body = []
+        for label, sel in selections.items():
+            points = []
+            for p in sel.get("points") or []:
+                score = f"{p['mean']:.4f}" if isinstance(p.get("mean"), (int, float)) else "failed"
+                points.append(f"{lr_text(p['lr'])}: {score}" + (" ✓" if p["lr"] == sel.get("chosen") else ""))
+            ext = ", ".join(f"{e['direction']} to {lr_text(e['lr'])}" for e in sel.get("extensions") or []) or "—"
+            chosen = lr_text(sel["chosen"]) if sel.get("chosen") is not None else f"FAILED: {sel.get('message')}"
+            body.append([label, sel.get("monitor", ""), "; ".join(points), ext, chosen])
+        parts.append(table(["row", "validation monitor", "grid (rate: mean score; ✓ chosen)", "extensions", "lr"],
+                           body, numeric_from=99))
+    seeds = bench.lr_grid.get("selection_seeds") or []
+    note = (f'<p class="note">Chosen per (dataset, row) on validation only: the mean best validation monitor '
+            f"over seed(s) {', '.join(map(str, seeds))}; a best rate at a grid edge extends the grid by one log "
+            f"step (at most {bench.lr_grid.get('lr_grid_extensions')} times, then the row fails).</p>")
+    return note + "\n".join(parts)
