@@ -123,3 +123,18 @@ def test_history_errors_name_the_problem():
                           "history": [{"name": "h", "user": "user_id", "item": "sku", "time": "ts"}]})
     with pytest.raises(PolyrecError, match="needs missing column"):
         transform_raw(event_log().drop_columns(["ts"]), schema(), "The data")
+
+
+def test_histories_from_the_training_log_at_prediction_time():
+    """Query rows get their user's log events strictly before their time; queries are never each other's events."""
+    from polyrec.data.history import histories_from_log
+
+    log = event_log(300, seed=2)
+    queries = event_log(50, seed=3).select(["user_id", "ts", "item_id"])
+    out = histories_from_log(queries, log, schema(), "The prediction input")
+    u, t, item = (log[c].to_pylist() for c in ("user_id", "ts", "item_id"))
+    for qu, qt, hist in zip(queries["user_id"].to_pylist(), queries["ts"].to_pylist(), out["hist"].to_pylist()):
+        earlier = sorted((j for j in range(len(u)) if u[j] == qu and t[j] < qt), key=lambda j: (t[j], j), reverse=True)
+        assert hist == [item[j] for j in earlier[:MAX_LEN]]
+    with pytest.raises(PolyrecError, match="lacks the history column"):
+        histories_from_log(queries.drop_columns(["ts"]), log, schema(), "The prediction input")

@@ -65,8 +65,9 @@ def _gap_tokens(times: np.ndarray, events: np.ndarray, ranges: np.ndarray) -> pa
     return pa.array(np.floor(np.log2(1.0 + gap)).astype(np.int64)).cast(pa.string())
 
 
-def add_histories(table: pa.Table, schema: Schema, where: str) -> pa.Table:
-    """The table with every history column of the schema appended (list<string>, newest first)."""
+def add_histories(table: pa.Table, schema: Schema, where: str, event_rows: np.ndarray | None = None) -> pa.Table:
+    """The table with every history column of the schema appended (list<string>, newest first).
+    `event_rows` (bool [N]) restricts which rows may be events (e.g. only the log's rows, not the queries)."""
     for h in schema.history:
         missing = [c for c in h.inputs() if c not in table.column_names]
         if missing:
@@ -77,6 +78,8 @@ def add_histories(table: pa.Table, schema: Schema, where: str) -> pa.Table:
         times = time_values(table, h.time)
         events = np.ones(table.num_rows, bool) if h.events is None else boolean_mask(table, h.events, where,
                                                                                      f"history {h.name!r} events")
+        if event_rows is not None:
+            events = events & event_rows
         items = _plain(as_strings(table[h.item]))
         sides = {f: _plain(as_strings(table[f])) for f in h.fields}
         by = _plain(as_strings(table[h.by])) if h.by else None
@@ -96,3 +99,25 @@ def add_histories(table: pa.Table, schema: Schema, where: str) -> pa.Table:
 
 def _plain(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def histories_from_log(rows: pa.Table, log: pa.Table, schema: Schema, where: str) -> pa.Table:
+    """`rows` with their history columns computed from `log` alone (the training log at prediction time):
+    each row's history is its user's log events strictly before the row's time; rows are never events."""
+    need = sorted({c for h in schema.history for c in (h.user, h.time)} - set(rows.column_names))
+    if need:
+        raise PolyrecError(f"{where} lacks the history column(s) {schema.history_columns()} and the column(s) "
+                           f"{need} that would compute them from the training log: supply either.")
+    inputs = list(dict.fromkeys(c for h in schema.history for c in h.inputs()))
+    queries = pa.table({c: rows[c] if c in rows.column_names else pa.nulls(rows.num_rows, log[c].type)
+                        for c in inputs})
+    try:
+        joined = pa.concat_tables([log.select(inputs), queries], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise PolyrecError(f"{where}: its history inputs do not match the training log's types ({exc}).") from None
+    is_log = np.zeros(joined.num_rows, bool)
+    is_log[:log.num_rows] = True
+    full = add_histories(joined, schema, where, event_rows=is_log).slice(log.num_rows)
+    for c in schema.history_columns():
+        rows = rows.append_column(c, full[c])
+    return rows

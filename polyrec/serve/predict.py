@@ -29,9 +29,31 @@ def _score(run: LoadedRun, table: pa.Table, batch_size: int) -> pa.Table:
     from polyrec.serve.bundle import model_inputs
 
     table = model_inputs(table, run.encoders.schema, run.config.data.dataset, "The prediction input")
+    table = with_histories(run, table, "The prediction input")
     encoded = run.encoders.encode(table, with_labels=False, what="The prediction input")
     scores = predict_scores(run.model, TensorTable(encoded), batch_size)
     return pa.table({h.name: pa.array(scores[:, i].astype(np.float32)) for i, h in enumerate(run.model.heads)})
+
+
+def with_histories(run: LoadedRun, table: pa.Table, where: str) -> pa.Table:
+    """The input as it is when it carries every history column; otherwise the histories computed from the
+    run's training log (the training split's raw rows in its cache entry), strictly before each row's time."""
+    schema = run.encoders.schema
+    missing = [c for c in schema.history_columns() if c not in table.column_names]
+    if not missing:
+        return table
+    if len(missing) < len(schema.history_columns()):
+        raise PolyrecError(f"{where} carries some history columns but lacks {missing}: supply all or none.")
+    from polyrec.data.history import histories_from_log
+    from polyrec.settings import cache_dir
+    from polyrec.utils.io import read_json
+
+    entry = (read_json(run.run_dir / "spec.json") or {}).get("cache_entry")
+    log_path = cache_dir() / str(entry) / "raw-train.parquet"
+    if not entry or not log_path.exists():
+        raise PolyrecError(f"{where} lacks the history column(s) {missing}, and the run's training log "
+                           f"({log_path}) is not on this machine: supply the history columns.")
+    return histories_from_log(table, pq.read_table(log_path), schema, where)
 
 
 def predict_table(run_dir: str | Path, table: pa.Table, batch_size: int = 16384) -> pa.Table:
