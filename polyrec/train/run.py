@@ -20,7 +20,7 @@ from polyrec.data.batching import TensorTable
 from polyrec.data.encoders import Encoders
 from polyrec.errors import PolyrecError
 from polyrec.models import ModelSpec, build_model
-from polyrec.models.base import MultiTaskModel, model_params
+from polyrec.models.base import MultiTaskModel, get_model_class, model_params
 from polyrec.data.prepare import PreparedData, describe, prepare
 from polyrec.train.checkpoint import load_state
 from polyrec.train.gates import gate_summary
@@ -45,7 +45,9 @@ class CTRKind(RunKind):
 
     def build(self, cfg: RunConfig, data: Any, run_dir: Path, log: Callable[[str], None]) -> Built:
         prepared, tables = data
-        spec = prepared.model_spec()
+        train = prepared.splits["train"]  # what a model needs from the data comes from the training split only
+        spec = get_model_class(cfg.model.name).spec_from_training(
+            prepared.model_spec(), model_params(cfg.model.name, cfg.model.params()), train.categorical, train.labels)
         model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
         balancer = balancer_for_heads(cfg.train.balance, model.heads, cfg.train.balance_params)
         n_params = sum(p.numel() for p in model.parameters())
