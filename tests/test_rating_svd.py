@@ -41,7 +41,7 @@ def test_svd_is_the_biased_mf_equation_with_per_rating_l2():
         model.item_bias.weight.normal_()
     stats = model.spec.extra["label_stats"]["rating"]
     assert stats["mean"] == pytest.approx(float(labels[:, 0].mean()), abs=1e-5)
-    assert float(model.global_mean) == pytest.approx(stats["mean"])  # mu starts at the training mean
+    assert float(model.global_mean) == pytest.approx(stats["mean"])  # mu is the training mean
     u, i = batch.categorical[:, 0].long(), batch.categorical[:, 1].long()
     p, q = model.user_factors.weight[u], model.item_factors.weight[i]
     bu, bi = model.user_bias.weight[u, 0], model.item_bias.weight[i, 0]

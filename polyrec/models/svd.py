@@ -7,11 +7,12 @@ trained here on the rows' labels with MSE (regression tasks) or BCE on the same 
 
 Choices where the papers are silent (the defaults are scikit-surprise's SVD, so the two can be compared):
 - factors: `model.embed_dim` of them (Surprise: 100; set `--set model.embed_dim=100`), initialised
-  N(0, init_std = 0.1); biases start at 0; mu starts at the training mean of the label (binary tasks: its logit)
-  and is learned (Koren fixes mu at the mean; one scalar, it barely moves).
+  N(0, init_std = 0.1); biases start at 0; mu is fixed at the training mean of the label (binary tasks: its
+  logit; 0 without label statistics), as Koren and Surprise fix it. A learned mu would also be a stability
+  limit: its gradient is the batch's mean error, not divided among rows, so SGD with lr >= 1 makes it oscillate.
 - L2 with lambda = reg (0.02) on factors and reg_bias (default: reg) on biases, added per *rating* as in the sum
   above (a batch adds reg * mean over its rows of |p_u|^2 + |q_i|^2 + ...): frequent users and items are pulled
-  harder, exactly as per-sample SGD (Funk, Surprise) does. mu is not regularised. train.weight_decay is not used.
+  harder, exactly as per-sample SGD (Funk, Surprise) does. train.weight_decay is not used.
 - the optimiser is the trainer's (minibatch SGD or Adam, `train.optimizer`, `train.lr`, `train.batch_size`),
   not Funk's per-sample loop; the number of epochs comes from train.epochs and early stopping on validation.
 - predictions of a regression head are clipped to the training labels' [min, max] in eval mode only, as
@@ -109,11 +110,11 @@ class SVD(MultiTaskModel):
                 mu.append(float(np.log(rate / (1 - rate))))
                 lo.append(-float("inf"))
                 hi.append(float("inf"))
-        self.global_mean = no_decay(nn.Parameter(torch.tensor(mu, dtype=torch.float32)))
+        self.register_buffer("global_mean", torch.tensor(mu, dtype=torch.float32))  # fixed, as in Koren / Surprise
         self.register_buffer("low", torch.tensor(lo), persistent=False)
         self.register_buffer("high", torch.tensor(hi), persistent=False)
         self.task_scale = no_decay(nn.Parameter(torch.ones(t, embed_dim))) if t > 1 else None
-        self.not_shared(self.user_bias, self.item_bias, self.global_mean, self.task_scale)
+        self.not_shared(self.user_bias, self.item_bias, self.task_scale)
 
     def user_vector(self, users: torch.Tensor, p_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The user's side of the dot product, and a per-row L2 term beyond |p_u|^2 (SVD++ adds its implicit part)."""
