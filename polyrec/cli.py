@@ -458,6 +458,8 @@ def bench(
         help="Rows, comma-separated: model names, named variants, or model\\[key=value,...] (an ablation row), "
              "e.g. mmoe,ple,mmoe\\[n_experts=8].")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="N (seeds 0..N-1; default 5) or a comma list, e.g. 0,3,7.")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="K-fold cross-validation in place of seeds: K runs per row "
+                                                    "and dataset, fold k tests (data.split=kfold).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Base run config (YAML with data/model/train sections).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override for every run, e.g. --set train.epochs=5")] = None,
     optimizers: Annotated[Optional[str], typer.Option(
@@ -477,7 +479,7 @@ def bench(
     from polyrec.report import write_report
 
     code = bench_command(dataset, models, seeds, config, set_, optimizers, out, experiment,
-                         report=write_report if report else None, topk=topk)
+                         report=write_report if report else None, topk=topk, folds=folds)
     if code:
         raise typer.Exit(code)
 

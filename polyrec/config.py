@@ -81,9 +81,12 @@ class DataConfig(_Strict):
     schema_file: str | None = None  # YAML schema replacing the recipe's default
     files: FilesConfig | None = None  # your own files: dataset becomes the built-in `files` source
     # None: the recipe's default. temporal: per user by time; global_temporal: one time cut for everyone;
-    # leave_last_out: per user, the last interaction tests and the second-to-last validates
-    split: Literal["random", "temporal", "global_temporal", "leave_last_out", "official"] | None = None
+    # leave_last_out: per user, the last interaction tests and the second-to-last validates; kfold: `folds`
+    # seeded folds, fold `fold` tests, a seeded ratios[1] share of the other folds validates, the rest trains
+    split: Literal["random", "temporal", "global_temporal", "leave_last_out", "official", "kfold"] | None = None
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    folds: int | None = Field(None, ge=2)  # data.split=kfold: the number of folds (cross-validation)
+    fold: int = Field(0, ge=0)  # data.split=kfold: the fold that tests (0 .. folds-1)
     split_seed: int | None = None  # None: the run's seed (same seed = same split)
     options: dict[str, Any] = Field(default_factory=dict)  # recipe-specific options
     # replace the schema's tasks: names of schema tasks, or task specs such as
@@ -93,6 +96,10 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _files_source(self) -> "DataConfig":
         check_ratios(self.ratios, "data.ratios")
+        if (self.split == "kfold") != (self.folds is not None):
+            raise ValueError("data.split=kfold and data.folds go together (e.g. data.split=kfold, data.folds=5)")
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold={self.fold} must be below data.folds={self.folds}")
         self.schema_file = _absolute(self.schema_file)
         if self.files is not None:
             if "dataset" not in self.model_fields_set:

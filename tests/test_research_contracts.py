@@ -125,6 +125,7 @@ DECAYED = {  # train.weight_decay touches these and nothing else (embedding tabl
              "pair_gates.weight", "scenario_view.experts.weights.0", "task_view.experts.weights.0",
              "towers.weights.0", "towers.weights.1"],
     "mmoe": ["experts.weights.0", "experts.weights.1", "task_gates.weight", "towers.weights.0", "towers.weights.1"],
+    "svd": [], "svdpp": [],  # factors and biases are embedding tables; their L2 is the model's own (model.reg)
     "omoe": ["experts.weights.0", "experts.weights.1", "gate.weight", "towers.weights.0", "towers.weights.1"],
     "pepnet": ["ep_gate.mlp.weights.0", "ep_gate.mlp.weights.1", *(f"task_gates.{i}.mlp.weights.{j}" for i in range(3)
                                                                    for j in range(2)),

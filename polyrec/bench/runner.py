@@ -510,14 +510,15 @@ def _run_bench(exp: Experiment, bench_dir: Path, echo: Echo, report: ReportWrite
 def bench_command(dataset: str | None, models: str | None, seeds: str | None, config: Path | None,
                   overrides: list[str] | None, optimizers: str | None, out: Path | None,
                   experiment: Path | None, echo: Echo = _print, report: ReportWriter | None = None,
-                  topk: bool = False) -> int:
+                  topk: bool = False, folds: int | None = None) -> int:
     """`polyrec bench`: returns the exit code (0: every run finished; 1: some failed)."""
     import shlex
 
     from polyrec.bench.spec import build_experiment
 
     argv = ["polyrec", *sys.argv[1:]]
-    exp = build_experiment(experiment, dataset, models, seeds, config, overrides, optimizers, command=argv, topk=topk)
+    exp = build_experiment(experiment, dataset, models, seeds, config, overrides, optimizers, command=argv, topk=topk,
+                           folds=folds)
     if out is None:
         out = Path("bench") / datetime.now().strftime("%Y%m%d-%H%M%S")
         echo(f"bench folder: {out}  (to finish an interrupted bench: "

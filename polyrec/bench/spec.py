@@ -43,6 +43,11 @@ first three levels apply to a row only when its model has that parameter (so ``-
 reaches every model and ``--set model.n_experts=8`` only the expert models); an explicitly set parameter
 that no row's model has is an error. ``data.split_seed`` is left unset, so the split follows the seed:
 the same seed gives every row the same split and initialisation, which is what pairs the seeds.
+
+Cross-validation (``--folds K`` or ``folds: K``): the runs are folds 0..K-1 instead of seeds (a run's seed is
+its fold, which it tests; the table's mean ± std is over folds). Every run uses ``data.split=kfold`` with one
+split seed (``data.split_seed``, default 0), so all rows and folds come from the same assignment; validation
+for early stopping is a seeded ``data.ratios[1]`` share of the training folds (polyrec.data.split.kfold_split).
 """
 
 from __future__ import annotations
@@ -80,8 +85,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 SECTIONS = ("data", "model", "train", "topk")
 # bench-wide convergence settings: experiment keys, and `--set bench.KEY=VALUE` on the command line
 BENCH_SETTINGS = ("lr_grid", "lr_grid_extensions", "lr_selection_seeds", "allow_short_patience")
-EXPERIMENT_KEYS = ("name", "datasets", "seeds", "config", "base", "set", "dataset_set", "rows", "optimizers",
-                   *BENCH_SETTINGS)
+EXPERIMENT_KEYS = ("name", "datasets", "seeds", "folds", "config", "base", "set", "dataset_set", "rows",
+                   "optimizers", *BENCH_SETTINGS)
 ROW_KEYS = ("label", "model", "params", "set", "dataset_set", "lr_grid")
 MIN_PATIENCE = 3  # a bench run's default train.patience, and the smallest one accepted (0 aside)
 DEFAULT_LR_EXTENSIONS = 2
@@ -446,6 +451,7 @@ class Experiment:
     lr_grid_extensions: int = DEFAULT_LR_EXTENSIONS
     lr_selection_seeds: int = 1  # the first N seeds choose each row's lr
     allow_short_patience: bool = False
+    folds: int | None = None  # cross-validation: the seeds are the folds 0..folds-1
 
     def grid_for(self, row: Row) -> list[float]:
         """The row's learning-rate grid ([]: no selection, its configured train.lr)."""
@@ -480,6 +486,12 @@ class Experiment:
         if "patience" not in (raw.get("train") or {}):  # the bench's default, not polyrec train's 2
             set_dotted(raw, "train.patience", MIN_PATIENCE)
         set_dotted(raw, "train.seed", seed)
+        if self.folds is not None:  # one fold assignment for every row and fold: the split seed is fixed
+            set_dotted(raw, "data.split", "kfold")
+            set_dotted(raw, "data.folds", self.folds)
+            set_dotted(raw, "data.fold", seed)
+            if (raw.get("data") or {}).get("split_seed") is None:
+                set_dotted(raw, "data.split_seed", 0)
         return raw
 
     def dropped_params(self, dataset: str, row: Row) -> list[str]:
@@ -530,7 +542,12 @@ class Experiment:
             if k not in union:
                 raise PolyrecError(f"model.{k} is a parameter of none of the rows' models "
                                    f"({', '.join(sorted({r.model for r in self.rows}))}).{close_matches(k, union)}")
-        if "split_seed" in (self.base.get("data") or {}) and self.base["data"]["split_seed"] is not None \
+        if self.folds is not None:
+            note = (f"{self.folds}-fold cross-validation: the seed of a run is the fold it tests; one fold "
+                    "assignment (data.split_seed) for every row.")
+            if note not in self.notes:
+                self.notes.append(note)
+        elif "split_seed" in (self.base.get("data") or {}) and self.base["data"]["split_seed"] is not None \
                 or self.overrides.get("data.split_seed") is not None:
             self.notes.append("data.split_seed is fixed: every seed uses the same split; seeds vary only the "
                               "initialisation and the shuffling.")
@@ -572,6 +589,8 @@ class Experiment:
         out["command"] = list(self.command)
         out["datasets"] = list(self.datasets)
         out["seeds"] = list(self.seeds)
+        if self.folds is not None:
+            out["folds"] = self.folds
         if self.config_files:
             out["config_files"] = list(self.config_files)
         out["base"] = self.base
@@ -609,6 +628,7 @@ def build_experiment(
     command: list[str] | None = None,
     default_seeds: int = 5,
     topk: bool = False,
+    folds: int | None = None,
 ) -> Experiment:
     """The experiment from an optional YAML file and command-line options (which replace the YAML's
     datasets/rows/seeds/optimizers when given; --config is merged over the YAML's config and base, and
@@ -644,7 +664,14 @@ def build_experiment(
             raise PolyrecError("`rows:` must be a list of model names or {label, model, params, set} mappings.")
         rows = [parse_row(r) for r in raw_rows]
 
-    if seeds is not None:
+    n_folds = folds if folds is not None else spec.get("folds")
+    if n_folds is not None:
+        if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+            raise PolyrecError(f"--folds needs a number of folds >= 2, got {n_folds!r}.")
+        if seeds is not None or spec.get("seeds") is not None:
+            raise PolyrecError("--folds K runs the folds 0..K-1 in place of seeds; drop --seeds (or `seeds:`).")
+        seed_list = list(range(n_folds))
+    elif seeds is not None:
         seed_list = parse_seeds(seeds)
     elif spec.get("seeds") is not None:
         seed_list = parse_seeds(spec["seeds"])
@@ -707,7 +734,7 @@ def build_experiment(
     exp = Experiment(
         datasets=ds_list, seeds=seed_list, rows=expand_optimizers(rows, opt_list), base=base, overrides=sets,
         dataset_set=dataset_set, optimizers=opt_list, name=spec.get("name"), config_files=files,
-        command=list(command or []),
+        command=list(command or []), folds=n_folds,
         lr_grid=parse_lr_grid(settings.get("lr_grid"), "lr_grid"),
         lr_grid_extensions=parse_count(settings.get("lr_grid_extensions", DEFAULT_LR_EXTENSIONS),
                                        "lr_grid_extensions", 0),

@@ -18,7 +18,8 @@ from polyrec.data.columns import time_values
 from polyrec.data.derive import derive_rows, finish_rows, histories_across, transform_raw
 from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, as_strings
 from polyrec.data.schema import Schema
-from polyrec.data.split import global_temporal_split, leave_last_out_split, random_split, temporal_split
+from polyrec.data.split import (global_temporal_split, kfold_split, leave_last_out_split, random_split,
+                                temporal_split)
 from polyrec.data.recipe import RECIPES, Recipe
 from polyrec.data.spec import ModelSpec, TaskInfo
 from polyrec.errors import PolyrecError, unknown_name
@@ -135,6 +136,8 @@ def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
             users = pc.dictionary_encode(as_strings(raw_table[user_col])).combine_chunks().indices.to_numpy()
             idx = (temporal_split(users, times, cfg.ratios) if method == "temporal"
                    else leave_last_out_split(users, times))
+    elif method == "kfold":  # validation share: ratios[1] of the training folds (see DataConfig)
+        idx = kfold_split(raw_table.num_rows, cfg.folds, cfg.fold, cfg.ratios[1], seed)
     else:
         idx = random_split(raw_table.num_rows, cfg.ratios, seed)
     return {k: raw_table.take(v) for k, v in idx.items()}
@@ -237,6 +240,8 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
         "split": method, "ratios": cfg.ratios, "split_seed": split_seed,
         "files": {k: file_fingerprint(p) for k, p in sorted(files.items())},
     }
+    if method == "kfold":  # (only then: the keys of the other splits stay as they were)
+        parts["folds"] = [cfg.folds, cfg.fold]
     if cfg.files is not None:  # absolute paths and read options of your own files
         parts["source"] = cfg.files.model_dump(mode="json")
     key = cache_key(parts)

@@ -72,3 +72,27 @@ def leave_last_out_split(users: np.ndarray, times: np.ndarray) -> dict[str, np.n
     from_end = last_pos - np.arange(n)
     part = np.where((count >= 3) & (from_end == 0), 2, np.where((count >= 3) & (from_end == 1), 1, 0))
     return {name: np.sort(order[part == k]) for name, k in (("train", 0), ("val", 1), ("test", 2))}
+
+
+def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
+    """Each row's fold in 0..folds-1 (int8 [n]): a seeded permutation dealt round-robin, so fold sizes differ by
+    at most one. The same (n, folds, seed) gives the same folds whatever fold is tested (Surprise's KFold deals
+    a shuffled list the same way)."""
+    out = np.empty(n, dtype=np.int8)
+    out[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
+    return out
+
+
+def kfold_split(n: int, folds: int, fold: int, val_share: float, seed: int) -> dict[str, np.ndarray]:
+    """Fold `fold` tests; of the other folds' rows a seeded `val_share` validates (early stopping), the rest trains.
+
+    The validation rows are drawn per tested fold (seeded by (seed, fold)), from the training folds only, so
+    the test fold never influences training or model selection."""
+    if not 0 <= fold < folds:
+        raise PolyrecError(f"fold {fold} is not in 0..{folds - 1}")
+    assigned = fold_assignment(n, folds, seed)
+    test = np.flatnonzero(assigned == fold)
+    rest = np.flatnonzero(assigned != fold)
+    n_val = int(round(len(rest) * val_share))
+    val = np.sort(np.random.default_rng([seed, fold]).choice(rest, n_val, replace=False))
+    return {"train": np.setdiff1d(rest, val, assume_unique=True), "val": val, "test": test}

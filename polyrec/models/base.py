@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -58,6 +59,18 @@ class MultiTaskModel(DeclaresSharing):
     # choices that change numbers against the model's paper (or the authors' release): one sentence each,
     # printed under every bench table that has the model (the docstring explains them at length)
     deviations: ClassVar[tuple[str, ...]] = ()
+    # True for models that by design read only the user and item ids (matrix factorisation: svd, svdpp); the
+    # contract tests then check that the other inputs do not change the output instead of that they do
+    id_only: ClassVar[bool] = False
+
+    @classmethod
+    def spec_from_training(cls, spec: ModelSpec, params: ModelParams, categorical: np.ndarray,
+                           labels: np.ndarray) -> ModelSpec:
+        """The spec with what this model needs from the training split (and only from it) in `spec.extra`:
+        label statistics, each user's rated items, ... It is saved with the run (spec.json), so a reloaded or
+        exported model needs no data. `categorical` [N, F_cat] and `labels` [N, T] are the encoded training rows.
+        Default: the spec unchanged."""
+        return spec
 
     def __init__(self, spec: ModelSpec, embed_dim: int, params: ModelParams) -> None:
         super().__init__()

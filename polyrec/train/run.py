@@ -21,7 +21,7 @@ from polyrec.data.encoders import Encoders
 from polyrec.errors import PolyrecError
 from polyrec.layers.sequence import resolve_sequence_encoders
 from polyrec.models import ModelSpec, build_model
-from polyrec.models.base import MultiTaskModel, model_params
+from polyrec.models.base import MultiTaskModel, get_model_class, model_params
 from polyrec.data.prepare import PreparedData, describe, prepare
 from polyrec.train.checkpoint import load_state
 from polyrec.train.gates import gate_summary
@@ -46,7 +46,9 @@ class CTRKind(RunKind):
 
     def build(self, cfg: RunConfig, data: Any, run_dir: Path, log: Callable[[str], None]) -> Built:
         prepared, tables = data
-        spec = prepared.model_spec()
+        train = prepared.splits["train"]  # what a model needs from the data comes from the training split only
+        spec = get_model_class(cfg.model.name).spec_from_training(
+            prepared.model_spec(), model_params(cfg.model.name, cfg.model.params()), train.categorical, train.labels)
         spec.sequence_encoders = resolve_sequence_encoders(cfg.model.sequence_encoder, cfg.model.sequences,
                                                            spec.sequence_fields, list(spec.sequence_sides))
         model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
