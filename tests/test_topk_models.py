@@ -34,8 +34,17 @@ def tiny_graph() -> KnowledgeGraph:
                           ["interact", "interact^-1", "genre", "genre^-1"], len(genre))
 
 
+def tiny_sequences():
+    """The tiny graph's interactions as time-ordered training sequences (for the sequential models)."""
+    from polyrec.topk.sequences import build_sequences
+
+    user, item = (np.array(x, dtype=np.int64) for x in zip(*[(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (3, 0), (3, 4)]))
+    labels = np.ones((len(user), len(TASKS)), dtype=np.float32)
+    return build_sequences(user, item, labels, np.zeros(len(user), dtype=np.int64), np.arange(len(user)), N_USERS)
+
+
 def info(graph: bool = True) -> TopKInfo:
-    return TopKInfo(N_USERS, N_ITEMS, list(TASKS), tiny_graph() if graph else None)
+    return TopKInfo(N_USERS, N_ITEMS, list(TASKS), tiny_graph() if graph else None, tiny_sequences())
 
 
 def build(name: str, seed: int = 0, **params):

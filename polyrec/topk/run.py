@@ -25,7 +25,9 @@ from polyrec.balance import balancer_for_heads
 from polyrec.config import RunConfig, load_config
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.topk.data import load_topk
-from polyrec.topk.models import TopKInfo, TopKModel, build_topk_model, topk_model_params
+from polyrec.topk.models import TOPK_MODELS, TopKInfo, TopKModel, build_topk_model, topk_model_params
+from polyrec.topk.seqtrain import SequenceTable, SequenceTrainable
+from polyrec.topk.sequences import check_sequential, user_sequences
 from polyrec.topk.negatives import NegativeSampler
 from polyrec.topk.trainer import (PairTrainable, PairwiseTable, PointwiseTable, eval_users, evaluate_topk,
                                   ranking_evaluator, score_matrix)
@@ -56,8 +58,18 @@ def topk_train_config(cfg: RunConfig, target: str, model: TopKModel):
     return cfg.train.model_copy(update=update)
 
 
+def is_sequential(name: str) -> bool:
+    """A next-item model (gru4rec, sasrec, ...): trained on users' sequences, evaluated leave-last-out."""
+    return name in TOPK_MODELS and getattr(TOPK_MODELS[name], "sequential", False)
+
+
 def build_for(cfg: RunConfig, data: TopKData) -> TopKModel:
-    info = TopKInfo(n_users=data.n_users, n_items=data.n_items, task_names=data.task_names, graph=data.graph)
+    sequences = None
+    if is_sequential(cfg.model.name):
+        check_sequential(data, cfg.model.name)
+        sequences = user_sequences(data)
+    info = TopKInfo(n_users=data.n_users, n_items=data.n_items, task_names=data.task_names, graph=data.graph,
+                    sequences=sequences)
     return build_topk_model(cfg.model.name, info, cfg.model.embed_dim, cfg.model.params())
 
 
@@ -75,6 +87,9 @@ class TopKKind(RunKind):
         topk_model_params(cfg.model.name, cfg.model.params())
         if cfg.train.loss_reduction != "task":
             raise PolyrecError("train.loss_reduction=scenario_task needs scenarios; top-K runs have none.")
+        if is_sequential(cfg.model.name) and cfg.data.split not in (None, "leave_last_out"):
+            raise PolyrecError(f"Model {cfg.model.name!r} predicts each user's next item and is evaluated "
+                               f"leave-last-out: set data.split=leave_last_out (not {cfg.data.split}).")
 
     def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> TopKData:
         data = load_topk(cfg, download=download, log=log)
@@ -88,15 +103,20 @@ class TopKKind(RunKind):
         tk = cfg.topk
         model = build_for(cfg, data)
         train_cfg = topk_train_config(cfg, data.target, model)
-        trainable = PairTrainable(model)
+        trainable = SequenceTrainable(model) if getattr(model, "sequential", False) else PairTrainable(model)
         balancer = balancer_for_heads(train_cfg.balance, trainable.heads, train_cfg.balance_params)
         n_params = sum(p.numel() for p in model.parameters())
+        sequential = getattr(model, "sequential", False)
+        loss = (f"next item at every position ({model.params.loss}), max_len {model.params.max_len}" if sequential
+                else 'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)')
         log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}; "
-            f"{'pairwise (BPR)' if model.pairwise else 'pointwise (BCE per head)'}; balance {train_cfg.balance}"
-            f"{train_cfg.balance_params or ''}; monitor {train_cfg.monitor}")
+            f"{loss}; balance {train_cfg.balance}{train_cfg.balance_params or ''}; monitor {train_cfg.monitor}")
         sampler = NegativeSampler(data.n_items, data.splits["train"].user, data.splits["train"].item,
                                   strategy=tk.sampler)
-        table = (PairwiseTable if model.pairwise else PointwiseTable)(data.splits["train"], sampler, tk.negatives)
+        if sequential:
+            table = SequenceTable(model.sequences, sampler, model.params.max_len, model.pad, model.params.loss)
+        else:
+            table = (PairwiseTable if model.pairwise else PointwiseTable)(data.splits["train"], sampler, tk.negatives)
         evaluate = ranking_evaluator(model, data, tk.ks, tk.eval_users_chunk, eval_users(data, tk.eval_users))
         trainer = Trainer(trainable, train_cfg, balancer, evaluate, run_dir, log)
         spec = {"kind": self.name, "model": cfg.model.name, "embed_dim": cfg.model.embed_dim,
@@ -108,6 +128,8 @@ class TopKKind(RunKind):
     def evaluate(self, cfg: RunConfig, built: Built, data: TopKData, splits: tuple[str, ...]) -> dict[str, Any]:
         tk, model = cfg.topk, built.model.model
         users = eval_users(data, tk.eval_users)
+        if getattr(model, "sequential", False):  # the input sequence depends on the split (val: train items only)
+            return {s: evaluate_topk(model, data, s, tk.ks, tk.eval_users_chunk, users=users) for s in splits}
         scores = score_matrix(model, data.n_users, tk.eval_users_chunk, users)
         return {s: evaluate_topk(model, data, s, tk.ks, tk.eval_users_chunk, scores, users) for s in splits}
 
@@ -147,7 +169,8 @@ def load_topk_run(run_dir: str | Path, log: Callable[[str], None] = print) -> Lo
         raise PolyrecError(f"The dataset now indexes users/items differently from when {run_dir} was trained "
                            "(source files changed); its recommendations would be meaningless.")
     model = build_for(cfg, data)
-    load_state(PairTrainable(model), run_dir / WEIGHTS)
+    load_state(SequenceTrainable(model) if getattr(model, "sequential", False) else PairTrainable(model),
+               run_dir / WEIGHTS)
     model.eval()
     return LoadedTopKRun(run_dir, cfg, data, model)
 
@@ -166,6 +189,8 @@ def recommend(run: LoadedTopKRun, user: str, k: int = 20, keep_test: bool = Fals
     if k < 1:
         raise PolyrecError(f"--k must be >= 1, got {k}")
     u = index[str(user)]
+    if getattr(run.model, "sequential", False):  # next items after everything the user did (or before test)
+        run.model.set_history("test" if keep_test else "all")
     with torch.inference_mode():
         scores = run.model.score_all(torch.tensor([u]), run.model.encode())[0].float()
         seen = ("train", "val") if keep_test else ("train", "val", "test")

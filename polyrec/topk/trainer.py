@@ -184,6 +184,8 @@ def evaluate_topk(model: TopKModel, data: TopKData, split: str, ks: list[int], c
     if split not in ("val", "test"):
         raise PolyrecError(f"Top-K evaluation ranks items the user has not seen in training: split must be "
                            f"val or test, got {split!r}.")
+    if scores is None and getattr(model, "sequential", False):
+        model.set_history(split)  # a sequence model reads the items before the predicted split's item
     s = scores if scores is not None else score_matrix(model, data.n_users, chunk, users)
     row = None
     if users is not None:  # user index -> row of s

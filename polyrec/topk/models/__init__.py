@@ -1,4 +1,5 @@
-"""Top-K models: importing this package registers mf, kgat and waata; build_topk_model also runs any
+"""Top-K models: importing this package registers mf, kgat, waata, gru4rec, sasrec and sasrec-mt;
+build_topk_model also runs any
 registered multi-task CTR model (polyrec.models) on (user, item) pairs through CTRAdapter."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from typing import Any
 from polyrec.data.schema import validate_params
 from polyrec.errors import unknown_name
 from polyrec.models.base import MODELS, ModelParams, model_params
-from polyrec.topk.models import kgat, mf, waata  # noqa: F401  (registers the built-in models)
+from polyrec.topk.models import gru4rec, kgat, mf, sasrec, waata  # noqa: F401  (registers the built-in models)
 from polyrec.topk.models.adapter import CTRAdapter
 from polyrec.topk.models.base import TOPK_MODELS, DotProductModel, TopKInfo, TopKModel, register_topk
 

@@ -35,6 +35,7 @@ class TopKInfo:
     n_items: int
     task_names: list[str]  # target first (e.g. ["like", "click"])
     graph: KnowledgeGraph | None = None
+    sequences: Any = None  # polyrec.topk.sequences.UserSequences, for the sequential models only
 
     @classmethod
     def from_data(cls, data: TopKData) -> "TopKInfo":
