@@ -3,9 +3,10 @@
     python benchmarks/serving_profile.py BUNDLE [--backend torch|onnx] [--candidates 500] [--form rows|columns]
                                                 [--requests 100] [--profile]
 
-Calls the FastAPI app as ASGI on this thread, with the sync endpoint run inline instead of in the threadpool so
-cProfile sees every call, on one /rank body built like benchmarks/serving.py builds it (rows of the run's test
-split). Prints p50/p99 wall and CPU time per request and the bare forward on the same rows; --profile adds the
+Calls the FastAPI app as ASGI on this thread (a sync endpoint is run inline instead of in the threadpool, so
+cProfile sees every call), on one /rank body built like benchmarks/serving.py builds it (rows of the run's test
+split). Prints p50/p99 wall and CPU time per request, the median of each server stage (the Server-Timing header) and the
+bare forward on the same rows; --profile adds the
 top cProfile entries. Figures from a shared machine are only good for before/after comparisons run side by side.
 """
 
@@ -45,6 +46,7 @@ def asgi_caller(app, path: str, payload: bytes):
         async def send(msg: dict) -> None:
             if msg["type"] == "http.response.start":
                 out["status"] = msg["status"]
+                out["timing"] = dict(msg.get("headers", [])).get(b"server-timing", b"").decode()
             elif msg["type"] == "http.response.body":
                 out["body"] += msg.get("body", b"")
 
@@ -74,7 +76,7 @@ def main() -> None:
 
     fastapi.routing.run_in_threadpool = inline  # the endpoint on this thread, so cProfile sees it
 
-    from serving import bare_forward_ms, candidate_rows, rank_request
+    from serving import bare_forward_ms, candidate_rows, parse_server_timing, rank_request
 
     from polyrec.serve.app import create_app
     from polyrec.serve.bundles import load_bundle
@@ -90,17 +92,22 @@ def main() -> None:
         raise SystemExit(f"/rank answered {first['status']}: {first['body'][:500]!r}")
     for _ in range(5):
         loop.run_until_complete(call())
-    wall, cpu = [], []
+    wall, cpu, timings = [], [], []
     for _ in range(args.requests):
         t0, c0 = time.perf_counter(), time.process_time()
-        loop.run_until_complete(call())
+        out = loop.run_until_complete(call())
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        timings.append(parse_server_timing(out.get("timing")))
     w, c = np.array(wall) * 1000, np.array(cpu) * 1000
     print(f"{bundle.info['model']} {args.backend} {args.candidates} candidates ({args.form}), in-process /rank: "
           f"wall p50 {np.percentile(w, 50):.2f} p99 {np.percentile(w, 99):.2f} ms, CPU p50 {np.percentile(c, 50):.2f} "
           f"ms; bare forward {bare_forward_ms(bundle, args.backend, rows, 1):.2f} ms; body {len(payload)} B, "
           f"answer {len(first['body'])} B")
+    names = list(dict.fromkeys(k for t in timings for k in t))
+    if names:  # absent when the app sends no Server-Timing header (an older checkout)
+        print("server stages, p50 ms: " + ", ".join(f"{k} {np.median([t[k] for t in timings if k in t]):.2f}"
+                                                   for k in names))
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
