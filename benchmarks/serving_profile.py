@@ -5,9 +5,10 @@
 
 Calls the FastAPI app as ASGI on this thread (a sync endpoint is run inline instead of in the threadpool, so
 cProfile sees every call), on one /rank body built like benchmarks/serving.py builds it (rows of the run's test
-split). Prints p50/p99 wall and CPU time per request, the median of each server stage (the Server-Timing header) and the
-bare forward on the same rows; --profile adds the
-top cProfile entries. Figures from a shared machine are only good for before/after comparisons run side by side.
+split). Prints p50/p99 wall and CPU time per request, the median of each server stage (the Server-Timing
+header), the bare forward on the same rows and the encoding alone (training encoders vs the served
+RequestEncoder, interleaved); --profile adds the top cProfile entries. Figures from a shared machine are only
+good for before/after comparisons run side by side.
 """
 
 from __future__ import annotations
@@ -54,6 +55,27 @@ def asgi_caller(app, path: str, payload: bytes):
         return out
 
     return call
+
+
+def encode_ab(bundle, rows: list[dict], repeats: int = 300) -> str:
+    """The training encoders (`Encoders.encode`, one pyarrow index_in per column) against the served
+    RequestEncoder on the same raw rows, calls interleaved so that a loaded machine weighs on both alike."""
+    import pyarrow as pa
+
+    from polyrec.serve.bundle import model_inputs
+
+    table = model_inputs(pa.Table.from_pylist(rows), bundle.encoders.schema, bundle.info.get("dataset"), "rows",
+                         bundle.joins)
+    old, new = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        bundle.encoders.encode(table, with_labels=False)
+        t1 = time.perf_counter()
+        bundle.request_encoder.encode(table)
+        new.append(time.perf_counter() - t1)
+        old.append(t1 - t0)
+    return (f"encoding {table.num_rows} rows, p50 ms: Encoders.encode {1000 * np.median(old):.3f}, "
+            f"RequestEncoder {1000 * np.median(new):.3f}")
 
 
 def main() -> None:
@@ -108,6 +130,8 @@ def main() -> None:
     if names:  # absent when the app sends no Server-Timing header (an older checkout)
         print("server stages, p50 ms: " + ", ".join(f"{k} {np.median([t[k] for t in timings if k in t]):.2f}"
                                                    for k in names))
+    if hasattr(bundle, "request_encoder"):
+        print(encode_ab(bundle, rows))
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -375,6 +375,8 @@ def _add_routes(app: Any, name: str, s: Served, max_rows: int) -> None:
     m = s.models
     heads = s.heads
     scen_names = np.array(s.bundle.encoders.scenario_names, dtype=object)
+    answer_head = b'{"model":%s,"backend":%s' % (dumps(name), dumps(s.backend.name))  # the same every time
+    default_fusion = dumps(s.fusion.model_dump())
     too_many = {413: {"description": f"more than {max_rows} rows/candidates, or a body over the size limit"}}
 
     def check_count(n: int, what: str) -> None:
@@ -421,8 +423,8 @@ def _add_routes(app: Any, name: str, s: Served, max_rows: int) -> None:
         fused = fuse(scores, heads, fusion)
         order = np.argsort(-fused, kind="stable")[: request.top_k]
         ids = column_array("categorical", values[id_field]) if id_field else pa.nulls(n)
-        out = Response(b'{"model":%s,"backend":%s,"fusion":%s,"candidates":%s}' % (
-            dumps(name), dumps(s.backend.name), dumps(fusion.model_dump()),
+        out = Response(b'%s,"fusion":%s,"candidates":%s}' % (
+            answer_head, default_fusion if fusion is s.fusion else dumps(fusion.model_dump()),
             ranked_json(order, ids, scen_names[scen[order]], scores[order], fused[order], heads)),
             media_type="application/json")
         stages.mark("answer")
