@@ -3,10 +3,12 @@
     python benchmarks/serving_profile.py BUNDLE [--backend torch|onnx] [--candidates 500] [--form rows|columns]
                                                 [--requests 100] [--profile]
 
-Calls the FastAPI app as ASGI on this thread, with the sync endpoint run inline instead of in the threadpool so
-cProfile sees every call, on one /rank body built like benchmarks/serving.py builds it (rows of the run's test
-split). Prints p50/p99 wall and CPU time per request and the bare forward on the same rows; --profile adds the
-top cProfile entries. Figures from a shared machine are only good for before/after comparisons run side by side.
+Calls the FastAPI app as ASGI on this thread (a sync endpoint is run inline instead of in the threadpool, so
+cProfile sees every call), on one /rank body built like benchmarks/serving.py builds it (rows of the run's test
+split). Prints p50/p99 wall and CPU time per request, the median of each server stage (the Server-Timing
+header), the bare forward on the same rows and the encoding alone (training encoders vs the served
+RequestEncoder, interleaved); --profile adds the top cProfile entries. Figures from a shared machine are only
+good for before/after comparisons run side by side.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def asgi_caller(app, path: str, payload: bytes):
         async def send(msg: dict) -> None:
             if msg["type"] == "http.response.start":
                 out["status"] = msg["status"]
+                out["timing"] = dict(msg.get("headers", [])).get(b"server-timing", b"").decode()
             elif msg["type"] == "http.response.body":
                 out["body"] += msg.get("body", b"")
 
@@ -52,6 +55,27 @@ def asgi_caller(app, path: str, payload: bytes):
         return out
 
     return call
+
+
+def encode_ab(bundle, rows: list[dict], repeats: int = 300) -> str:
+    """The training encoders (`Encoders.encode`, one pyarrow index_in per column) against the served
+    RequestEncoder on the same raw rows, calls interleaved so that a loaded machine weighs on both alike."""
+    import pyarrow as pa
+
+    from polyrec.serve.bundle import model_inputs
+
+    table = model_inputs(pa.Table.from_pylist(rows), bundle.encoders.schema, bundle.info.get("dataset"), "rows",
+                         bundle.joins)
+    old, new = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        bundle.encoders.encode(table, with_labels=False)
+        t1 = time.perf_counter()
+        bundle.request_encoder.encode(table)
+        new.append(time.perf_counter() - t1)
+        old.append(t1 - t0)
+    return (f"encoding {table.num_rows} rows, p50 ms: Encoders.encode {1000 * np.median(old):.3f}, "
+            f"RequestEncoder {1000 * np.median(new):.3f}")
 
 
 def main() -> None:
@@ -74,7 +98,7 @@ def main() -> None:
 
     fastapi.routing.run_in_threadpool = inline  # the endpoint on this thread, so cProfile sees it
 
-    from serving import bare_forward_ms, candidate_rows, rank_request
+    from serving import bare_forward_ms, candidate_rows, parse_server_timing, rank_request
 
     from polyrec.serve.app import create_app
     from polyrec.serve.bundles import load_bundle
@@ -90,17 +114,24 @@ def main() -> None:
         raise SystemExit(f"/rank answered {first['status']}: {first['body'][:500]!r}")
     for _ in range(5):
         loop.run_until_complete(call())
-    wall, cpu = [], []
+    wall, cpu, timings = [], [], []
     for _ in range(args.requests):
         t0, c0 = time.perf_counter(), time.process_time()
-        loop.run_until_complete(call())
+        out = loop.run_until_complete(call())
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+        timings.append(parse_server_timing(out.get("timing")))
     w, c = np.array(wall) * 1000, np.array(cpu) * 1000
     print(f"{bundle.info['model']} {args.backend} {args.candidates} candidates ({args.form}), in-process /rank: "
           f"wall p50 {np.percentile(w, 50):.2f} p99 {np.percentile(w, 99):.2f} ms, CPU p50 {np.percentile(c, 50):.2f} "
           f"ms; bare forward {bare_forward_ms(bundle, args.backend, rows, 1):.2f} ms; body {len(payload)} B, "
           f"answer {len(first['body'])} B")
+    names = list(dict.fromkeys(k for t in timings for k in t))
+    if names:  # absent when the app sends no Server-Timing header (an older checkout)
+        print("server stages, p50 ms: " + ", ".join(f"{k} {np.median([t[k] for t in timings if k in t]):.2f}"
+                                                   for k in names))
+    if hasattr(bundle, "request_encoder"):
+        print(encode_ab(bundle, rows))
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

@@ -330,6 +330,105 @@ def test_torch_and_onnx_give_the_same_ranking(trained, clients):
     np.testing.assert_allclose([x["score"] for x in out["torch"]], [x["score"] for x in out["onnx"]], atol=1e-5)
 
 
+# --- the request path: Server-Timing, body handling, the request encoder ------------------------
+def _server_timing(response) -> dict[str, float]:
+    out = {}
+    for part in response.headers["server-timing"].split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        out[name] = float(dur)
+    return out
+
+
+def test_server_timing_header_reports_total_and_stages(trained, clients):
+    c = clients["onnx"]
+    r = c.post(f"/v1/models/{NAME}/rank", json=_rank_request(trained, 20))
+    t = _server_timing(r)
+    assert list(t) == ["total", "parse", "table", "encode", "forward", "answer"]
+    assert all(v >= 0 for v in t.values()) and t["total"] >= sum(v for k, v in t.items() if k != "total") * 0.999
+    t = _server_timing(c.post(f"/v1/models/{NAME}/score", json={"rows": rows_of(trained["raw_test"], 5)}))
+    assert list(t) == ["total", "parse", "table", "encode", "forward", "answer"]
+    bad = c.post(f"/v1/models/{NAME}/score", json={"rows": [{"user_id": 1}]})
+    assert bad.status_code == 422 and list(_server_timing(bad)) == ["total"]  # errors are timed too
+    assert "total" in _server_timing(c.get("/health"))
+
+
+def test_body_read_from_bytes_keeps_fastapis_errors_and_openapi(clients):
+    c = clients["torch"]
+    url = f"/v1/models/{NAME}/rank"
+    r = c.post(url, content=b'{"context": {}, "candidates": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    r = c.post(url, content=b'{"context": {}}', headers={"content-type": "text/plain"})
+    assert r.status_code == 422 and "application/json" in r.json()["detail"][0]["msg"]
+    r = c.post(url, content=b"", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
+    r = c.post(url, content=b'\xff\xfe', headers={"content-type": "application/json"})  # not UTF-8: no echo
+    assert r.status_code == 422 and r.json()["detail"][0]["input"] is None
+    r = c.post(url, json={"context": {}, "candidates": [{"item_id": 1.5}], "bogus": 1})
+    locs = [e["loc"] for e in r.json()["detail"]]
+    assert r.status_code == 422 and ["body", "bogus"] in locs and ["body", "candidates", 0, "item_id", "int"] in locs
+    spec = c.get("/openapi.json").json()
+    for action, model in (("rank", "TinyRankRequest"), ("score", "TinyScoreRequest")):
+        body = spec["paths"][f"/v1/models/{NAME}/{action}"]["post"]["requestBody"]["content"]["application/json"]
+        assert body["schema"]["$ref"] == f"#/components/schemas/{model}"
+    assert {"TinyRankRequest", "TinyScoreRequest", "TinyFeatures", "TinyCandidateColumns"} <= set(
+        spec["components"]["schemas"])
+
+
+def _encoded_equal(a: EncodedSplit, b: EncodedSplit) -> None:
+    for name in ("categorical", "numeric", "scenario", "labels"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=name == "numeric"), name
+    assert a.sequences.keys() == b.sequences.keys()
+    for k in a.sequences:
+        assert np.array_equal(a.sequences[k], b.sequences[k]), k
+
+
+def _awkward_table(trained):
+    """Request columns as they can reach the encoder: ints and strings for one id, nulls, unseen and
+    over-long values, floats, a sliced array, list and string sequences with empty tokens."""
+    import pyarrow as pa
+
+    raw = trained["raw_test"].slice(0, 40)
+    users = raw["user_id"].to_pylist()[:36] + [None, "never-seen", "x" * 300, ""]
+    items = pa.array([int(v) if str(v).isdigit() else v for v in raw["item_id"].to_pylist()[:37]] + [None, -1, 10**12])
+    tags = raw["tags"].to_pylist()[:36] + [None, "", "|t1||zz|", "t1|" * 10]
+    return pa.table({"user_id": pa.array(["pad", *users]).slice(1), "item_id": items,
+                     "x": pa.array(raw["x"].to_pylist()[:38] + [None, 1e6]),
+                     "tags": tags, "region": raw["region"].to_pylist()[:37] + [None, "mars", "north"]})
+
+
+def test_request_encoder_equals_the_training_encoders(trained):
+    import pyarrow as pa
+
+    from polyrec.serve.lookup import RequestEncoder
+
+    b = load_bundle(trained["bundle"])
+    enc = RequestEncoder(b.encoders)
+    assert enc.usable
+    table = _awkward_table(trained)
+    want = b.encoders.encode(table, with_labels=False)
+    _encoded_equal(enc.encode(table), want)
+    assert (want.categorical[-3:] == 1).any()  # the unseen values are there, as the OOV id
+    # other column types: floats that are integral, list sequences of ints, ids as large strings
+    other = table.set_column(1, "item_id", pa.array([float(v) if v is not None else None
+                                                     for v in table["item_id"].to_pylist()]))
+    other = other.set_column(0, "user_id", other["user_id"].cast(pa.large_string()))
+    other = other.set_column(3, "tags", pa.array([[1, 2], [], None] + [[3, 1, 2, 5]] * (other.num_rows - 3)))
+    _encoded_equal(enc.encode(other), b.encoders.encode(other, with_labels=False))
+    empty = enc.encode(table.slice(0, 0))  # (Encoders.encode itself fails on no rows: its user-id step)
+    assert empty.categorical.shape == (0, want.categorical.shape[1]) and empty.sequences["tags"].shape == (0, 3)
+
+
+def test_request_encoder_falls_back_when_two_tokens_share_a_hash(trained, monkeypatch):
+    import polyrec.serve.lookup as lookup
+
+    monkeypatch.setattr(lookup, "_hash", lambda words, lengths, fields: np.zeros(len(lengths), np.uint64))
+    b = load_bundle(trained["bundle"])
+    assert not b.request_encoder.usable
+    table = _awkward_table(trained)
+    _encoded_equal(b.request_encoder.encode(table), b.encoders.encode(table, with_labels=False))
+
+
 # --- ONNX over the model registry ---------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_registered_model_exports_to_onnx_with_parity(name, tmp_path):

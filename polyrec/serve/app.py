@@ -25,6 +25,7 @@ from polyrec.serve.bundles import load_bundle
 from polyrec.serve.responses import RequestError, dumps, metrics_summary
 from polyrec.serve.deps import need
 from polyrec.serve.fusion import Fusion, fuse
+from polyrec.serve.routes import current_stages
 from polyrec.serve.schemas import Column, Models, build_models
 
 MAX_ROWS = 10_000
@@ -50,11 +51,14 @@ class Served:
         """Scores [N, H] and scenario ids [N] for a raw table, in one batched forward."""
         if table.num_rows == 0:
             return np.zeros((0, len(self.heads)), np.float32), np.zeros(0, np.int32)
+        stages = current_stages()
         enc = self.bundle.encode(table)
+        stages.mark("encode")
         if not np.isfinite(enc.numeric).all():
             bad = sorted({self.bundle.spec.numeric_fields[j] for j in np.nonzero(~np.isfinite(enc.numeric))[1]})
             raise RequestError(422, f"numeric feature(s) {bad} are out of range once scaled (too large for float32)")
         scores = self.backend.scores(enc)
+        stages.mark("forward")
         if not np.isfinite(scores).all():
             rows = np.nonzero(~np.isfinite(scores).all(1))[0][:10].tolist()
             raise RequestError(422, f"the model gives non-finite scores for rows {rows}: numeric inputs are far "
@@ -115,21 +119,48 @@ def sequence_array(values: list[Any], sep: str) -> pa.Array:
     return pa.array(lists, type=pa.list_(pa.string()))
 
 
-def build_table(served: Served, values: dict[str, list[Any]], n: int) -> pa.Table:
-    """One pyarrow table from per-column value lists (each converted in C). An all-absent scenario is left
+@dataclass(frozen=True)
+class Repeated:
+    """One value standing for a whole column (a context feature in the columnar /rank form): converted to
+    arrow once and repeated in C, instead of n copies converted one by one."""
+
+    value: Any
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+
+Values = list[Any] | Repeated
+
+
+def column_array(kind: str, vals: Values, sep: str = "|") -> pa.Array:
+    """One request column in arrow, by the column's kind (a Repeated value: the 1-value array, repeated)."""
+    if isinstance(vals, Repeated):
+        one = column_array(kind, [vals.value], sep)
+        return one.take(pa.array(np.zeros(vals.n, np.int32)))
+    if kind == "numeric":
+        return pa.array(vals, type=pa.float64())
+    if kind == "sequence":
+        return sequence_array(vals, sep)
+    if kind == "raw":
+        return raw_array(vals)
+    return id_array(vals)
+
+
+def _all_null(vals: Values) -> bool:
+    return vals.value is None if isinstance(vals, Repeated) else vals.count(None) == len(vals)
+
+
+def build_table(served: Served, values: dict[str, Values], n: int) -> pa.Table:
+    """One pyarrow table from per-column values (each list converted in C). An all-absent scenario is left
     out so the recipe can derive it; still absent after that, it is null (-> the unknown-scenario slot)."""
     seps = {f.source: f.sep for f in served.bundle.encoders.schema.sequences}
     arrays: dict[str, pa.Array] = {}
     for col in served.models.columns:
         vals = values[col.name]
-        if col.kind == "numeric":
-            arrays[col.name] = pa.array(vals, type=pa.float64())
-        elif col.kind == "sequence":
-            arrays[col.name] = sequence_array(vals, seps[col.name])
-        elif col.kind == "raw":
-            arrays[col.name] = raw_array(vals)
-        elif col.required or vals.count(None) < len(vals):
-            arrays[col.name] = id_array(vals)
+        if col.kind in ("numeric", "sequence", "raw") or col.required or not _all_null(vals):
+            arrays[col.name] = column_array(col.kind, vals, seps.get(col.name, "|"))
     table = pa.table(arrays) if arrays else pa.table({"_": pa.nulls(n)})
     from polyrec.serve.bundle import derive
 
@@ -160,7 +191,7 @@ def _one_form(rows: Any, columns: Any, names: tuple[str, str]) -> None:
 
 
 def column_values(columns: dict[str, list[Any]], cols: list[Column], context: dict[str, Any],
-                  field: str) -> tuple[dict[str, list[Any]], int]:
+                  field: str) -> tuple[dict[str, Values], int]:
     """The columnar form: lists as given (lengths must agree); a feature left out takes the context's value."""
     lengths = {k: len(v) for k, v in columns.items()}
     n = max(lengths.values(), default=0)
@@ -173,7 +204,7 @@ def column_values(columns: dict[str, list[Any]], cols: list[Column], context: di
         if c.name in columns:
             out[c.name] = columns[c.name]
         elif c.name in context:
-            out[c.name] = [context[c.name]] * n
+            out[c.name] = Repeated(context[c.name], n)
         else:
             if c.required and n:
                 errors.append(_missing(["body", field, c.name], c.name, "in neither the context nor the columns"))
@@ -268,6 +299,7 @@ def create_app(bundles: list[Any], backend: str = "torch", threads: int | None =
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
+    from polyrec.serve.routes import ServerTiming
     from polyrec.serve.topk import TopKBundle, add_recommend_route
 
     loaded = [b if isinstance(b, (Bundle, TopKBundle)) else load_bundle(b) for b in bundles]
@@ -283,6 +315,7 @@ def create_app(bundles: list[Any], backend: str = "torch", threads: int | None =
                   description="Multi-task, multi-scenario scoring and ranking of exported polyrec bundles.")
     app.state.served = served
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(ServerTiming)  # outermost: its total includes reading the body
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -337,9 +370,13 @@ def _add_routes(app: Any, name: str, s: Served, max_rows: int) -> None:
     """POST /v1/models/{name}/score and /rank with this bundle's generated request/response models."""
     from fastapi.responses import Response
 
+    from polyrec.serve.routes import JsonBodyRoute
+
     m = s.models
     heads = s.heads
     scen_names = np.array(s.bundle.encoders.scenario_names, dtype=object)
+    answer_head = b'{"model":%s,"backend":%s' % (dumps(name), dumps(s.backend.name))  # the same every time
+    default_fusion = dumps(s.fusion.model_dump())
     too_many = {413: {"description": f"more than {max_rows} rows/candidates, or a body over the size limit"}}
 
     def check_count(n: int, what: str) -> None:
@@ -355,10 +392,14 @@ def _add_routes(app: Any, name: str, s: Served, max_rows: int) -> None:
             n = len(request.rows)
             check_count(n, "rows")
             values = merged_values({}, request.rows, m.columns, "rows")
-        scores, scen = s.score(build_table(s, values, n))
-        return Response(dumps({"model": name, "backend": s.backend.name,
-                               "scores": {h: scores[:, i].tolist() for i, h in enumerate(heads)},
-                               "scenarios": scen_names[scen].tolist()}), media_type="application/json")
+        table = build_table(s, values, n)
+        current_stages().mark("table")
+        scores, scen = s.score(table)
+        out = Response(dumps({"model": name, "backend": s.backend.name,
+                              "scores": {h: scores[:, i].tolist() for i, h in enumerate(heads)},
+                              "scenarios": scen_names[scen].tolist()}), media_type="application/json")
+        current_stages().mark("answer")
+        return out
 
     def rank(request: Any) -> Response:
         _one_form(request.candidates, request.candidate_columns, ("candidates", "candidate_columns"))
@@ -376,21 +417,27 @@ def _add_routes(app: Any, name: str, s: Served, max_rows: int) -> None:
                                       "msg": f"unknown feature {request.id_field!r}"
                                              f"{close_matches(request.id_field, [c.name for c in m.columns])}"}])
         table = build_table(s, values, n)
+        stages = current_stages()
+        stages.mark("table")
         scores, scen = s.score(table)
         fused = fuse(scores, heads, fusion)
         order = np.argsort(-fused, kind="stable")[: request.top_k]
-        ids = id_array(values[id_field]) if id_field else pa.nulls(n)
-        return Response(b'{"model":%s,"backend":%s,"fusion":%s,"candidates":%s}' % (
-            dumps(name), dumps(s.backend.name), dumps(fusion.model_dump()),
+        ids = column_array("categorical", values[id_field]) if id_field else pa.nulls(n)
+        out = Response(b'%s,"fusion":%s,"candidates":%s}' % (
+            answer_head, default_fusion if fusion is s.fusion else dumps(fusion.model_dump()),
             ranked_json(order, ids, scen_names[scen[order]], scores[order], fused[order], heads)),
             media_type="application/json")
+        stages.mark("answer")
+        return out
 
     score.__annotations__["request"] = m.ScoreRequest  # generated models, not resolvable from a string
     rank.__annotations__["request"] = m.RankRequest
-    app.post(f"/v1/models/{name}/score", response_model=m.ScoreResponse, responses=too_many,
-             summary=f"Per-task scores of rows ({name})", operation_id=f"score_{name}")(score)
-    app.post(f"/v1/models/{name}/rank", response_model=m.RankResponse, responses=too_many,
-             summary=f"Candidates ranked by fused task scores ({name})", operation_id=f"rank_{name}")(rank)
+    app.router.add_api_route(f"/v1/models/{name}/score", score, methods=["POST"], response_model=m.ScoreResponse,
+                             responses=too_many, summary=f"Per-task scores of rows ({name})",
+                             operation_id=f"score_{name}", route_class_override=JsonBodyRoute)
+    app.router.add_api_route(f"/v1/models/{name}/rank", rank, methods=["POST"], response_model=m.RankResponse,
+                             responses=too_many, summary=f"Candidates ranked by fused task scores ({name})",
+                             operation_id=f"rank_{name}", route_class_override=JsonBodyRoute)
 
 
 def app_from_env() -> Any:

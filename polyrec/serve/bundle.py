@@ -53,6 +53,13 @@ class Bundle:
     model: MultiTaskModel
     metrics: dict[str, Any] = field(default_factory=dict)
     joins: list[tuple[pa.Table, list[str], str]] = field(default_factory=list)  # (side, keys, name)
+    request_encoder: Any = field(default=None, repr=False)  # RequestEncoder: the vocabularies indexed once
+
+    def __post_init__(self) -> None:
+        from polyrec.serve.lookup import RequestEncoder
+
+        if self.request_encoder is None:  # built here, at load, not on the first request
+            self.request_encoder = RequestEncoder(self.encoders)
 
     @property
     def name(self) -> str:
@@ -75,7 +82,7 @@ class Bundle:
     def encode(self, table: pa.Table) -> EncodedSplit:
         """Raw request columns -> encoded arrays, through the same joins and derive steps as training."""
         table = model_inputs(table, self.encoders.schema, self.info.get("dataset"), "The request", self.joins)
-        return self.encoders.encode(table, with_labels=False, what="The request")
+        return self.request_encoder.encode(table)
 
 
 def model_inputs(table: pa.Table, schema: Schema, dataset: str | None, where: str,

@@ -181,6 +181,7 @@ def add_recommend_route(app: Any, b: TopKBundle) -> None:
     from pydantic import ConfigDict, Field, create_model
 
     from polyrec.serve.responses import dumps
+    from polyrec.serve.routes import JsonBodyRoute
 
     p = "".join(w.title() for w in b.name.replace("-", "_").split("_") if w) or "Model"
     req_model = create_model(
@@ -200,7 +201,7 @@ def add_recommend_route(app: Any, b: TopKBundle) -> None:
                         media_type="application/json")
 
     recommend.__annotations__["request"] = req_model
-    app.post(f"/v1/models/{b.name}/recommend", response_model=resp_model,
-             responses={404: {"description": "unknown user"}},
-             summary=f"Top-K items for a user, seen items excluded ({b.name})",
-             operation_id=f"recommend_{b.name}")(recommend)
+    app.router.add_api_route(f"/v1/models/{b.name}/recommend", recommend, methods=["POST"],
+                             response_model=resp_model, responses={404: {"description": "unknown user"}},
+                             summary=f"Top-K items for a user, seen items excluded ({b.name})",
+                             operation_id=f"recommend_{b.name}", route_class_override=JsonBodyRoute)
