@@ -185,3 +185,20 @@ def test_bench_folds_runs_folds_on_one_assignment():
         build_experiment(datasets="movielens-100k", models="svd", folds=5, seeds="3")
     with pytest.raises(PolyrecError, match=">= 2"):
         build_experiment(datasets="movielens-100k", models="svd", folds=1)
+
+
+def test_svdpp_inference_table_equals_the_training_path():
+    """Inference gathers from a per-user table (fixed shapes, exportable); it must equal the ragged per-batch sums,
+    and follow the weights after an update."""
+    model, batch, _ = _built("svdpp", rows=200)
+    assert model.implicit_items.numel() > 0
+    users = batch.categorical[:, model.user_col]
+    for _ in range(2):
+        p_u = model.user_factors(users).detach()
+        model.train()
+        ragged = model.user_vector(users, p_u)[0].detach()
+        model.eval()
+        table = model.user_vector(users, p_u)[0]
+        torch.testing.assert_close(table, ragged, atol=1e-6, rtol=1e-6)
+        with torch.no_grad():
+            model.implicit_factors.weight.add_(0.5)  # the table must follow the weights

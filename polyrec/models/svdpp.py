@@ -71,8 +71,25 @@ class SVDpp(SVD):
         self.register_buffer("implicit_offsets", offsets, persistent=False)
         self.register_buffer("implicit_items", torch.tensor(sets["items"], dtype=torch.int64), persistent=False)
 
+    def implicit_table(self) -> torch.Tensor:
+        """[n_users, d]: every user's |N(u)|^-1/2 sum_j y_j, computed once per state of the weights (keyed on the
+        factor table's version, so an optimiser step or a load recomputes it). Inference (evaluation, serving, the
+        ONNX graph) gathers from it: a fixed-shape lookup instead of per-batch ragged sums. Detached: eval mode
+        passes no gradient to the implicit factors."""
+        w = self.implicit_factors.weight
+        key = (w.data_ptr(), w._version)
+        if getattr(self, "_table_key", None) != key:
+            w = w.detach()
+            sizes = self.implicit_offsets[1:] - self.implicit_offsets[:-1]
+            owner = torch.repeat_interleave(torch.arange(len(sizes), device=w.device), sizes)
+            sums = w.new_zeros(len(sizes), w.shape[1]).index_add_(0, owner, w[self.implicit_items])
+            self._table, self._table_key = sums * sizes.clamp(min=1).to(w.dtype).rsqrt().unsqueeze(1), key
+        return self._table
+
     def user_vector(self, users: torch.Tensor, p_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """p_u + |N(u)|^-1/2 sum_j y_j, and sum_j |y_j|^2 per row (its L2 term)."""
+        if not self.training:  # inference needs no gradient through N(u)
+            return p_u + self.implicit_table()[users.to(torch.int64)], None
         distinct, back = torch.unique(users.to(torch.int64), return_inverse=True)
         start = self.implicit_offsets[distinct]
         size = self.implicit_offsets[distinct + 1] - start  # [U]
