@@ -25,6 +25,7 @@ from polyrec.data.encoders import as_strings
 from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
 
+
 def history_positions(users: np.ndarray, times: np.ndarray, is_event: np.ndarray | None, max_len: int,
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(events, ranges): `events` int64 [E] row indices of the events sorted by (user, time, row); for each
@@ -45,23 +46,18 @@ def history_positions(users: np.ndarray, times: np.ndarray, is_event: np.ndarray
     return events, np.stack([start, end], axis=1)
 
 
-def _lists(values: pa.Array, events: np.ndarray, ranges: np.ndarray) -> pa.ListArray:
-    """List column: row r holds values[events[end-1]], ..., values[events[start]] (newest first)."""
+def newest_first(events: np.ndarray, ranges: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """(offsets, take): list offsets [N + 1] and, per history position, the row index of its event; position
+    k of row r is events[end_r - 1 - k] (newest first). Computed once per history part, shared by its columns."""
     lengths = ranges[:, 1] - ranges[:, 0]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    # position k of row r reads event index end_r - 1 - k
     within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
-    take = events[np.repeat(ranges[:, 1] - 1, lengths) - within]
-    return pa.LargeListArray.from_arrays(pa.array(offsets), values.take(pa.array(take)))
+    return pa.array(offsets), events[np.repeat(ranges[:, 1] - 1, lengths) - within]
 
 
-def _gap_tokens(times: np.ndarray, events: np.ndarray, ranges: np.ndarray) -> pa.Array:
+def gap_tokens(times: np.ndarray, offsets: pa.Array, take: np.ndarray) -> pa.Array:
     """Per history position, floor(log2(1 + row time - event time)) as a token (time units of the column)."""
-    lengths = ranges[:, 1] - ranges[:, 0]
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
-    ev = events[np.repeat(ranges[:, 1] - 1, lengths) - within]
-    gap = np.repeat(times, lengths) - times[ev]
+    gap = np.repeat(times, np.diff(offsets.to_numpy())) - times[take]
     return pa.array(np.floor(np.log2(1.0 + gap)).astype(np.int64)).cast(pa.string())
 
 
@@ -72,9 +68,7 @@ def add_histories(table: pa.Table, schema: Schema, where: str, event_rows: np.nd
         missing = [c for c in h.inputs() if c not in table.column_names]
         if missing:
             raise PolyrecError(f"{where}: history {h.name!r} needs missing column(s) {missing}.")
-        users = pc.dictionary_encode(as_strings(table[h.user]).combine_chunks()
-                                     if isinstance(table[h.user], pa.ChunkedArray) else as_strings(table[h.user]))
-        codes = users.indices.to_numpy().astype(np.int64)
+        codes = pc.dictionary_encode(_plain(as_strings(table[h.user]))).indices.to_numpy().astype(np.int64)
         times = time_values(table, h.time)
         events = np.ones(table.num_rows, bool) if h.events is None else boolean_mask(table, h.events, where,
                                                                                      f"history {h.name!r} events")
@@ -85,14 +79,13 @@ def add_histories(table: pa.Table, schema: Schema, where: str, event_rows: np.nd
         by = _plain(as_strings(table[h.by])) if h.by else None
         for part, value in h.parts():
             mask = events if value is None else events & pc.equal(by, str(value)).to_numpy(zero_copy_only=False)
-            ev, ranges = history_positions(codes, times, mask, h.max_len)
-            table = table.append_column(part, _lists(items, ev, ranges))
+            offsets, take = newest_first(*history_positions(codes, times, mask, h.max_len))
+            picked = pa.array(take)
+            table = table.append_column(part, pa.LargeListArray.from_arrays(offsets, items.take(picked)))
             for f, values in sides.items():
-                table = table.append_column(f"{part}__{f}", _lists(values, ev, ranges))
+                table = table.append_column(f"{part}__{f}", pa.LargeListArray.from_arrays(offsets, values.take(picked)))
             if h.gap:
-                gaps = _gap_tokens(times, ev, ranges)
-                lengths = ranges[:, 1] - ranges[:, 0]
-                offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+                gaps = gap_tokens(times, offsets, take)
                 table = table.append_column(f"{part}__gap", pa.LargeListArray.from_arrays(offsets, gaps))
     return table
 

@@ -27,6 +27,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
+from polyrec.errors import PolyrecError, close_matches
+
 SequenceKind = Literal["mean", "din", "gru", "lstm", "bst"]
 NEEDS_TARGET = ("din",)
 
@@ -160,8 +162,6 @@ def resolve_sequence_encoders(default: SequenceKind, per_sequence: dict[str, Seq
     candidate to attend from)."""
     unknown = sorted(set(per_sequence) - set(names))
     if unknown:
-        from polyrec.errors import PolyrecError, close_matches
-
         raise PolyrecError(f"model.sequences names {unknown}, which are not sequence fields of the data "
                            f"({names}).{close_matches(unknown[0], names)}")
     out = {}

@@ -70,6 +70,8 @@ class SVDpp(SVD):
             raise ValueError(f"svdpp: implicit sets for {len(offsets) - 1} users, the spec has {n_users}")
         self.register_buffer("implicit_offsets", offsets, persistent=False)
         self.register_buffer("implicit_items", torch.tensor(sets["items"], dtype=torch.int64), persistent=False)
+        self._table: torch.Tensor | None = None  # implicit_table()'s cache, and the weights' state it was built from
+        self._table_key: tuple[int, int] | None = None
 
     def implicit_table(self) -> torch.Tensor:
         """[n_users, d]: every user's |N(u)|^-1/2 sum_j y_j, computed once per state of the weights (keyed on the
@@ -78,7 +80,7 @@ class SVDpp(SVD):
         passes no gradient to the implicit factors."""
         w = self.implicit_factors.weight
         key = (w.data_ptr(), w._version)
-        if getattr(self, "_table_key", None) != key:
+        if self._table is None or self._table_key != key:
             w = w.detach()
             sizes = self.implicit_offsets[1:] - self.implicit_offsets[:-1]
             owner = torch.repeat_interleave(torch.arange(len(sizes), device=w.device), sizes)

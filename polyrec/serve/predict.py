@@ -15,11 +15,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from polyrec.data.batching import TensorTable
+from polyrec.data.history import histories_from_log
 from polyrec.data.sources import ReadOptions, check_columns, detect_format, read_source
 from polyrec.errors import PolyrecError
+from polyrec.settings import cache_dir
 from polyrec.train.run import LoadedRun, load_run
 from polyrec.train.trainer import predict_scores
-from polyrec.utils.io import atomic_write
+from polyrec.utils.io import atomic_write, read_json
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl"}
@@ -44,10 +46,6 @@ def with_histories(run: LoadedRun, table: pa.Table, where: str) -> pa.Table:
         return table
     if len(missing) < len(schema.history_columns()):
         raise PolyrecError(f"{where} carries some history columns but lacks {missing}: supply all or none.")
-    from polyrec.data.history import histories_from_log
-    from polyrec.settings import cache_dir
-    from polyrec.utils.io import read_json
-
     entry = (read_json(run.run_dir / "spec.json") or {}).get("cache_entry")
     log_path = cache_dir() / str(entry) / "raw-train.parquet"
     if not entry or not log_path.exists():

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
 from polyrec.errors import PolyrecError
 from polyrec.topk.models.seqbase import SequenceBatch, SequenceModel
 from polyrec.topk.negatives import NegativeSampler
 from polyrec.topk.sequences import UserSequences
+from polyrec.topk.trainer import ModelTrainable
 
 
 class SequenceTable:
@@ -67,12 +67,11 @@ class SequenceTable:
                                 None if negatives is None else negatives[idx], mask), labels
 
 
-class SequenceTrainable(nn.Module):
+class SequenceTrainable(ModelTrainable):
     """A SequenceModel as the training loop's Trainable (state-dict keys as PairTrainable's: model.*)."""
 
     def __init__(self, model: SequenceModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.heads = list(model.heads)
         self.task_names = list(model.info.task_names)
 
@@ -81,12 +80,3 @@ class SequenceTrainable(nn.Module):
 
     def extra_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         return None
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return self.model.shared_parameters()
-
-    def last_shared_layer(self) -> nn.Parameter | None:
-        return self.model.last_shared_layer()
-
-    def epoch_start(self) -> None:
-        self.model.epoch_start()

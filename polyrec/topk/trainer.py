@@ -107,13 +107,29 @@ class PairwiseTable:
             yield TopKBatch(u[idx], p[idx], n[idx]), ones[idx]
 
 
-class PairTrainable(nn.Module):
+class ModelTrainable(nn.Module):
+    """What every top-K Trainable passes through to its model (state-dict keys model.*)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return self.model.shared_parameters()
+
+    def last_shared_layer(self) -> nn.Parameter | None:
+        return self.model.last_shared_layer()
+
+    def epoch_start(self) -> None:
+        self.model.epoch_start()
+
+
+class PairTrainable(ModelTrainable):
     """A TopKModel as the training loop's Trainable: pointwise batches score their pairs (one logit per
     head); pairwise batches give s(u, pos) - s(u, neg) of the ranking head as their one logit."""
 
     def __init__(self, model: TopKModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self._cache: Any = None
         if model.pairwise:
             target = model.heads[model.ranking_head]
@@ -134,15 +150,6 @@ class PairTrainable(nn.Module):
 
     def extra_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         return self.model.extra_loss(logits, labels, self._cache)
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return self.model.shared_parameters()
-
-    def last_shared_layer(self) -> nn.Parameter | None:
-        return self.model.last_shared_layer()
-
-    def epoch_start(self) -> None:
-        self.model.epoch_start()
 
 
 def ranking_evaluator(model: TopKModel, data: TopKData, ks: list[int], chunk: int,
