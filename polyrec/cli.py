@@ -36,7 +36,8 @@ def _fmt(v: Any) -> str:
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
-    """Rows: every (scenario, head) cell, then each head over all scenarios, then overall."""
+    """Rows: every (scenario, head) cell, then each head over all scenarios, then the warm / cold-user /
+    cold-item slices (when some test row is cold), then overall."""
     table = Table(title=title, title_justify="left")
     kinds = {h: ("auc" in m) for h, m in metrics["heads"].items()}
     for col in ("scenario", "head", "n", "pos", "AUC / RMSE", "LogLoss / MAE", "gAUC"):
@@ -55,6 +56,14 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
                 row(sc, head, m)
     for head, m in metrics["heads"].items():
         row("all", head, m, style="bold")
+    slices = metrics.get("slices") or {}
+    if any(m["n"] for name, per in slices.items() if name != "warm" for m in per.values()):
+        for name, per in slices.items():  # warm / cold-user / cold-item rows (unseen in training)
+            for head, m in per.items():
+                if m["n"]:
+                    row(name.replace("_", "-"), head, m, style="italic")
+                else:
+                    table.add_row(name.replace("_", "-"), head, "0", "", "", "", "", style="italic")
     if metrics.get("overall"):
         o = metrics["overall"]
         table.add_row("all", "overall (pooled)", "", "", _fmt(o["auc"]), _fmt(o["logloss"]), "", style="bold")

@@ -56,6 +56,26 @@ def topk_columns(metric_dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return cols
 
 
+SLICE_NAMES = {"warm": "warm", "cold_user": "cold-user", "cold_item": "cold-item"}
+
+
+def slice_columns(metric_dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cold-start view (metrics' "slices", polyrec.metrics.report): the headline metric of each head on warm,
+    cold-user and cold-item rows, with its row count beside it; none when no run has a cold test row."""
+    sliced = [m["slices"] for m in metric_dicts if m.get("slices")]
+    if not any(c.get("n") for s in sliced for name, per in s.items() if name != "warm" for c in per.values()):
+        return []
+    cols = []
+    for name in dict.fromkeys(n for s in sliced for n in s):
+        for h in dict.fromkeys(h for s in sliced for h in s.get(name, {})):
+            metric = next(("auc" if "auc" in c else "rmse" for s in sliced
+                           if (c := s.get(name, {}).get(h, {})).get("n")), "auc")
+            cols.append({"key": f"slice/{name}/{h}/{metric}", "count": f"slice/{name}/{h}/n",
+                         "header": f"{SLICE_NAMES.get(name, name)}/{h} {metric.upper()}",
+                         "lower_is_better": lower_is_better(metric)})
+    return cols
+
+
 def table_columns(metric_dicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Columns from test metric dicts (in row order): the headline metric (AUC, or RMSE for regression
     heads) of every (scenario, head) cell, then of each head over all scenarios, then overall AUC and LogLoss."""
@@ -180,16 +200,11 @@ def collect(bench_dir: str | Path) -> dict[str, Any]:
                 info["cap_bound_seeds"] = [s for s, v in info["values"].items()
                                            if is_cap_bound(v.get("epochs_run"), v.get("best_epoch"))]
             ds_rows[label] = info
-        columns = table_columns(test_metrics)
-        table: dict[str, Any] = {"columns": columns, "cells": {lb: {} for lb in ds_rows}, "tests": {}}
-        for col in columns:
-            per_row = {lb: {s: v[col["key"]] for s, v in info["values"].items() if col["key"] in v}
-                       for lb, info in ds_rows.items()}
-            marked = mark_column(per_row, col["lower_is_better"])
-            for lb, cell in marked["cells"].items():
-                table["cells"][lb][col["key"]] = cell
-            table["tests"][col["key"]] = marked["test"]
+        table = marked_table(table_columns(test_metrics), ds_rows)
         out["datasets"][ds] = {"rows": ds_rows, "table": table}
+        slices = slice_columns(test_metrics)
+        if slices:
+            out["datasets"][ds]["slice_table"] = marked_table(slices, ds_rows)
         if rules is not None:
             out["datasets"][ds]["convergence"] = {
                 "cap_bound_rows": [lb for lb, info in ds_rows.items() if info["cap_bound_seeds"]],
@@ -199,6 +214,39 @@ def collect(bench_dir: str | Path) -> dict[str, Any]:
             if selections:
                 out["datasets"][ds]["lr_grid"] = {lb: sel for lb, sel in selections.items() if lb in ds_rows}
     return out
+
+
+def marked_table(columns: list[dict[str, Any]], ds_rows: dict[str, Any]) -> dict[str, Any]:
+    """Each column's per-row cells (mean ± std over seeds, best/second marks) and its best-vs-runner-up test."""
+    table: dict[str, Any] = {"columns": columns, "cells": {lb: {} for lb in ds_rows}, "tests": {}}
+    for col in columns:
+        per_row = {lb: {s: v[col["key"]] for s, v in info["values"].items() if col["key"] in v}
+                   for lb, info in ds_rows.items()}
+        marked = mark_column(per_row, col["lower_is_better"])
+        for lb, cell in marked["cells"].items():
+            table["cells"][lb][col["key"]] = cell
+        table["tests"][col["key"]] = marked["test"]
+    return table
+
+
+def slice_lines(res: dict[str, Any], seeds: list[int]) -> list[str]:
+    """The cold-start table: warm / cold-user / cold-item test rows (ids never seen in the training split)."""
+    st = res.get("slice_table")
+    if not st:
+        return []
+    cols = st["columns"]
+    body = []
+    for lb, info in res["rows"].items():
+        cells = []
+        for c in cols:
+            n = info["metrics"].get(c["count"], {})
+            count = f" (n {n['mean']:.0f})" if n.get("n") else ""
+            cells.append(format_cell(st["cells"][lb].get(c["key"], {})) + count)
+        body.append([_row_label(lb, info), f"{len(info['seeds_ok'])}/{len(seeds)}"] + cells)
+    return ["Cold start: the same test rows by whether their user / item occurs in the training split (warm: "
+            "both seen; cold-user: user unseen; cold-item: item unseen; a row can be both cold), mean ± std over "
+            "seeds, n = mean rows per seed; marks and \\* as above (paired t-test, best vs runner-up).", ""] \
+        + _md_table(["row", "seeds"] + [_md_escape(c["header"]) for c in cols], body) + [""]
 
 
 # --- formatting -------------------------------------------------------------------------------------------
@@ -312,6 +360,7 @@ def dataset_markdown(ds: str, res: dict[str, Any], seeds: list[int], alpha: floa
                         + [format_cell(table["cells"][lb].get(c["key"], {})) for c in cols])
         lines += _md_table(["row", "seeds"] + [_md_escape(c["header"]) for c in cols], body)
         lines.append("")
+        lines += slice_lines(res, seeds)
         if "convergence" in res:
             lines += convergence_lines(res)
         lines += deviation_lines(sorted({str(info["model"]) for info in rows.values() if info.get("model")}))

@@ -42,6 +42,7 @@ class TensorTable:
         self.scenario = _tensor(data.scenario, torch.int64).to(device)
         self.labels = _tensor(data.labels, torch.float32).to(device)
         self.user = data.user
+        self.cold = data.cold  # role -> bool [N] (numpy): only metrics read it
         self.n = len(data)
 
     def __len__(self) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from polyrec.data.encoders import EncodedSplit, Encoders
 from polyrec.utils.io import atomic_directory
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-split cold.<role> columns (polyrec.data.coldstart)
 SPLITS = ("train", "val", "test")
 
 

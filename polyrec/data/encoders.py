@@ -229,6 +229,8 @@ class EncodedSplit:
     scenario: np.ndarray  # int32 [N]; 0 = unknown scenario, zeros when the schema has none
     labels: np.ndarray  # float32 [N, T]; NaN-free; empty [N, 0] when unlabeled
     user: np.ndarray | None  # int64 [N] group ids for gAUC
+    # role ("user", "item") -> bool [N]: that id never occurs in the training split (polyrec.data.coldstart)
+    cold: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.scenario)
@@ -239,6 +241,7 @@ class EncodedSplit:
         cols.update({f"seq.{k}": v for k, v in self.sequences.items()})
         if self.user is not None:
             cols["user"] = self.user
+        cols.update({f"cold.{k}": v for k, v in self.cold.items()})
         return cols
 
     @classmethod
@@ -247,6 +250,7 @@ class EncodedSplit:
             categorical=cols["categorical"], numeric=cols["numeric"], scenario=cols["scenario"],
             labels=cols["labels"], user=cols.get("user"),
             sequences={k[4:]: v for k, v in cols.items() if k.startswith("seq.")},
+            cold={k[5:]: v for k, v in cols.items() if k.startswith("cold.")},
         )
 
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from polyrec.data.cache import cache_key, file_fingerprint, is_complete, read_cache, write_cache
 from polyrec.data.columns import time_values
 from polyrec.data.derive import derive_rows, finish_rows, histories_across, transform_raw
+from polyrec.data.coldstart import cold_columns, cold_start_split
 from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, as_strings
 from polyrec.data.schema import Schema
 from polyrec.data.split import (global_temporal_split, kfold_split, leave_last_out_split, random_split,
@@ -112,6 +113,11 @@ def check_split(cfg: DataConfig, recipe: Recipe, schema: Schema) -> None:
                                "set `time:` in the schema, or use data.split=random.")
         if method != "global_temporal" and (schema.user or recipe.user_column) is None:
             raise PolyrecError(f"data.split={method} needs a user column: set `user:` in the schema.")
+    if method == "cold_start":
+        role = cfg.cold_by
+        if (schema.user or recipe.user_column if role == "user" else schema.item) is None:
+            raise PolyrecError(f"data.split=cold_start with data.cold_by={role} needs the schema's `{role}:` "
+                               f"column (the {role}s it holds out).")
     if cfg.files is not None:
         if cfg.files.val is not None and method != "official":
             raise PolyrecError(f"data.split={method} contradicts the given val/test files (an official split): "
@@ -136,6 +142,10 @@ def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
             users = pc.dictionary_encode(as_strings(raw_table[user_col])).combine_chunks().indices.to_numpy()
             idx = (temporal_split(users, times, cfg.ratios) if method == "temporal"
                    else leave_last_out_split(users, times))
+    elif method == "cold_start":
+        col = user_col if cfg.cold_by == "user" else schema.item if schema else None
+        entity = pc.dictionary_encode(as_strings(raw_table[col])).combine_chunks().indices.to_numpy()
+        idx = cold_start_split(entity, cfg.ratios, cfg.cold_fraction, seed)
     elif method == "kfold":  # validation share: ratios[1] of the training folds (see DataConfig)
         idx = kfold_split(raw_table.num_rows, cfg.folds, cfg.fold, cfg.ratios[1], seed)
     else:
@@ -224,6 +234,7 @@ def fit_encode(recipe: Recipe, schema: Schema, tables: dict[str, pa.Table]
         encoded = {}
         for split, t in tables.items():
             encoded[split] = encoders.encode(t, what=_where(recipe, split))
+            encoded[split].cold = cold_columns(schema, tables["train"], t)
     except PolyrecError as exc:
         where = _where(recipe, split)
         msg = str(exc)
@@ -242,6 +253,8 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
     }
     if method == "kfold":  # (only then: the keys of the other splits stay as they were)
         parts["folds"] = [cfg.folds, cfg.fold]
+    if method == "cold_start":
+        parts["cold"] = [cfg.cold_by, cfg.cold_fraction]
     if cfg.files is not None:  # absolute paths and read options of your own files
         parts["source"] = cfg.files.model_dump(mode="json")
     key = cache_key(parts)

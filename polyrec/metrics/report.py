@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from polyrec.metrics.functions import auc, grouped_auc, logloss, regression_metrics
 from polyrec.data.spec import Head
+
+COLD_ROLES = ("user", "item")  # the slices' order (polyrec.data.coldstart.ROLES)
 
 
 def head_rows(heads: Sequence[Head], task_names: Sequence[str], labels: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -40,11 +42,15 @@ def evaluate(
     scenario: np.ndarray,
     scenario_names: Sequence[str],
     user: np.ndarray | None = None,
+    cold: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Nested metrics: {"heads": {h: m}, "cells": {scenario: {h: m}}, "overall": {...}}.
+    """Nested metrics: {"heads": {h: m}, "cells": {scenario: {h: m}}, "overall": {...}, "slices": {...}}.
 
     `overall.auc`/`overall.logloss` pool every binary head's predictions (all cells together);
     `overall.mean_auc` is the unweighted mean of binary heads' AUCs. Cells with no rows are omitted.
+    `cold` (role -> bool [N], polyrec.data.coldstart) adds the cold-start view: "slices" holds, per head,
+    the metrics of warm rows (no role cold), of cold-user rows and of cold-item rows, always with their
+    count `n` (an empty slice is {"n": 0}, so a table can say there was nothing to measure).
     """
     result: dict[str, Any] = {"heads": {}, "cells": {}, "overall": {}}
     pooled_y, pooled_p, head_aucs = [], [], []
@@ -66,7 +72,33 @@ def evaluate(
         finite = [a for a in head_aucs if not math.isnan(a)]
         result["overall"] = {"auc": auc(y, p), "logloss": logloss(y, p),
                              "mean_auc": float(np.mean(finite)) if finite else float("nan")}
+    if cold:
+        result["slices"] = _slices(scores, labels, heads, task_names, user, cold)
     return result
+
+
+def slice_masks(cold: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Slice name -> row mask: "warm" (no role cold), then "cold_<role>" for each role present."""
+    order = sorted(cold, key=lambda r: (COLD_ROLES.index(r) if r in COLD_ROLES else len(COLD_ROLES), r))
+    masks = {f"cold_{role}": np.asarray(cold[role], dtype=bool) for role in order}
+    masks = {"warm": ~np.logical_or.reduce(list(masks.values())), **masks}
+    return masks
+
+
+def _slices(scores: np.ndarray, labels: np.ndarray, heads: Sequence[Head], task_names: Sequence[str],
+            user: np.ndarray | None, cold: Mapping[str, np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    spaces = head_rows(heads, task_names, labels)
+    for name, rows in slice_masks(cold).items():
+        out[name] = {}
+        for h, (col, mask) in zip(heads, spaces):
+            m = mask & rows
+            if not m.any():
+                out[name][h.name] = {"n": 0}
+                continue
+            out[name][h.name] = _cell(h.kind, labels[m, col], scores[m, heads.index(h)],
+                                      user[m] if user is not None else None)
+    return out
 
 
 def flatten(metrics: dict[str, Any]) -> dict[str, float]:
@@ -77,4 +109,7 @@ def flatten(metrics: dict[str, Any]) -> dict[str, float]:
     for sc, cell in metrics.get("cells", {}).items():
         for h, m in cell.items():
             flat.update({f"cell/{sc}/{h}/{k}": v for k, v in m.items()})
+    for name, per_head in metrics.get("slices", {}).items():
+        for h, m in per_head.items():
+            flat.update({f"slice/{name}/{h}/{k}": v for k, v in m.items()})
     return flat

@@ -56,7 +56,7 @@ def evaluate_table(model: MultiTaskModel, table: TensorTable, batch_size: int,
                    scenario_names: list[str]) -> dict[str, Any]:
     scores = predict_scores(model, table, batch_size)
     return evaluate(scores, table.labels.cpu().numpy(), model.heads, model.spec.task_names,
-                    table.scenario.cpu().numpy(), scenario_names, table.user)
+                    table.scenario.cpu().numpy(), scenario_names, table.user, table.cold)
 
 
 def oov_dropout(batch: Batch, rate: float, generator: torch.Generator, columns: torch.Tensor | None = None) -> Batch:
