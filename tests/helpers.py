@@ -23,7 +23,8 @@ SCENARIOS = ("<unknown>", "north", "south", "east")  # id 0 = unknown slot, then
 
 
 # --- a synthetic model input: 3 scenarios x 2 tasks; categorical + numeric + sequence fields ---------
-def make_spec(tasks: list[TaskInfo] | None = None) -> ModelSpec:
+def make_spec(tasks: list[TaskInfo] | None = None, vector_dims: dict[str, int] | None = None) -> ModelSpec:
+    """`vector_dims`: dense vector features, the numeric matrix's last columns (make_batch fills them)."""
     return ModelSpec(
         vocab_sizes=[12, 25, len(SCENARIOS)],
         categorical_fields=["user_id", "item_id", "region"],  # the scenario is embedded as the last field
@@ -31,6 +32,7 @@ def make_spec(tasks: list[TaskInfo] | None = None) -> ModelSpec:
         sequence_vocab={"genres": 9},
         scenario_names=list(SCENARIOS),
         tasks=tasks or [TaskInfo("click", "binary"), TaskInfo("like", "binary")],
+        vector_dims=dict(vector_dims or {}),
     )
 
 
@@ -40,7 +42,7 @@ def make_batch(spec: ModelSpec, n: int, seed: int) -> tuple[Batch, torch.Tensor]
     scenario = torch.randint(0, spec.n_scenarios, (n,), generator=g)
     cats = [torch.randint(0, v, (n,), generator=g) for v in spec.vocab_sizes[:-1]] + [scenario]
     categorical = torch.stack(cats, 1).to(torch.int32)
-    numeric = torch.randn(n, len(spec.numeric_fields), generator=g)
+    numeric = torch.randn(n, len(spec.numeric_fields) + sum(spec.vector_dims.values()), generator=g)
     seqs = {}
     for name, vocab in spec.sequence_vocab.items():
         ids = torch.randint(1, vocab, (n, 5), generator=g)

@@ -22,6 +22,7 @@ from polyrec.data.schema import (
     Schema,
     SequenceFeature,
 )
+from polyrec.data.vectors import VectorEncoder
 from polyrec.errors import PolyrecError, close_matches
 from polyrec.utils.io import read_json
 
@@ -263,6 +264,7 @@ class Encoders:
     scalers: dict[str, NumericScaler]
     sequences: dict[str, SequenceEncoder]
     scenario: Vocabulary | None
+    vectors: dict[str, VectorEncoder] = field(default_factory=dict)  # appended to the numeric matrix
 
     # --- categorical fields the model embeds, in order --------------------------------
     @property
@@ -296,7 +298,20 @@ class Encoders:
             sequences={f.name: SequenceEncoder.fit(train[f.source], f) if f.vocab is None
                        else SequenceEncoder(f, vocabularies[f.vocab]) for f in schema.sequences},
             scenario=scen,
+            vectors={f.name: VectorEncoder.fit(train[f.source], f) for f in schema.vectors},
         )
+
+    def dense(self, table: pa.Table) -> tuple[np.ndarray, dict[str, int]]:
+        """The float32 [N, F_num + sum of vector dims] matrix: scaled numeric columns, then each vector feature's
+        values (ModelSpec.vector_dims tells models where each vector sits), and missing vector rows filled."""
+        s = self.schema
+        n = table.num_rows
+        parts = [self.scalers[f.name].transform(table[f.source])[:, None] for f in s.numeric]
+        filled = {}
+        for f in s.vectors:
+            x, filled[f.name] = self.vectors[f.name].transform(table[f.source])
+            parts.append(x)
+        return (np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)), filled
 
     def encode(self, table: pa.Table, with_labels: bool = True, what: str = "The data") -> EncodedSplit:
         s = self.schema
@@ -320,8 +335,7 @@ class Encoders:
             user = user.astype(np.int64)
         return EncodedSplit(
             categorical=np.stack(cat, axis=1).astype(np.int32) if cat else np.zeros((n, 0), np.int32),
-            numeric=(np.stack([self.scalers[f.name].transform(table[f.source]) for f in s.numeric], axis=1)
-                     if s.numeric else np.zeros((n, 0), np.float32)),
+            numeric=self.dense(table)[0],
             sequences={f.name: self.sequences[f.name].transform(table[f.source]) for f in s.sequences},
             scenario=scenario,
             labels=labels,
@@ -339,6 +353,7 @@ class Encoders:
             "sequences": {k: {"shares": v.spec.vocab} if v.spec.vocab else v.vocab.to_dict()
                           for k, v in self.sequences.items()},
             "scenario": self.scenario.to_dict() if self.scenario else None,
+            "vectors": {k: v.to_dict() for k, v in self.vectors.items()},
         }
 
     @classmethod
@@ -353,6 +368,7 @@ class Encoders:
             sequences={k: SequenceEncoder(seq_specs[k], vocabularies[v["shares"]] if "shares" in v
                                           else Vocabulary.from_dict(v)) for k, v in d["sequences"].items()},
             scenario=Vocabulary.from_dict(d["scenario"]) if d["scenario"] else None,
+            vectors={f.name: VectorEncoder.from_dict(f, d["vectors"][f.name]) for f in schema.vectors},
         )
 
     def schema_yaml(self) -> str:

@@ -48,6 +48,7 @@ class PreparedData:
             sequence_shares={f.name: f.vocab for f in enc.schema.sequences if f.vocab},
             sequence_lengths={f.name: f.max_len for f in enc.schema.sequences},
             sequence_sides={part: h.part_columns(part)[1:] for h in enc.schema.history for part, _ in h.parts()},
+            vector_dims={f.name: f.dim for f in enc.schema.vectors},
             scenario_names=enc.scenario_names,
             tasks=[TaskInfo(t.name, t.type, t.space) for t in enc.schema.tasks],
         )
@@ -166,6 +167,8 @@ def split_stats(encoders: Encoders, table: pa.Table, encoded: EncodedSplit) -> d
         if pa.types.is_floating(col.type):
             bad += int(pc.sum(pc.is_nan(col)).as_py() or 0)
         nan[f.name] = int(bad)
+    for f in s.vectors:  # missing vectors (null rows), filled with the training mean vector
+        nan[f.name] = int(table[f.source].null_count)
     out: dict[str, Any] = {"rows": n, "oov": oov, "nan_filled": nan}
     if s.scenario is not None:
         out["unknown_scenario"] = int((encoded.scenario == 0).sum())

@@ -7,6 +7,8 @@ validation at prediction time. It is written in YAML (or built in Python) as::
       - {name: user_id, type: categorical, min_freq: 2}
       - {name: age, type: numeric, fill: mean, scale: standard}
       - {name: genres, type: sequence, sep: "|", max_len: 6}
+      - {name: title_emb, type: vector, dim: 64}   # a list/array column (or "0.1,0.2,..." text) of 64 floats
+      - {name: title_hash, type: vector, dim: 256, column: title, text: {method: hashing}}  # hashed words
     scenario: {name: age_bucket}          # optional; its ids select scenario parameters
     tasks:
       - {name: click, type: binary}       # label column = name unless `column:` is given
@@ -93,8 +95,34 @@ class SequenceFeature(_Strict):
         return self.column or self.name
 
 
+class TextHashing(_Strict):
+    """Free text hashed into the vector (polyrec.data.vectors.hashed_text)."""
+
+    method: Literal["hashing"] = "hashing"
+    ngrams: int = Field(1, ge=1, le=3)  # word n-grams up to this length
+
+
+class VectorFeature(_Strict):
+    """A dense float vector per row (a precomputed text/image embedding), or hashed text with `text:`.
+
+    Read from a list / fixed-size-list column or a text column of numbers (polyrec.data.vectors); models see it
+    as one field (a learned projection to the embedding size) or, in flat inputs, as its raw values.
+    """
+
+    name: str
+    type: Literal["vector"] = "vector"
+    column: str | None = None
+    dim: int = Field(ge=1, le=65536)
+    normalize: Literal["none", "l2"] = "none"
+    text: TextHashing | None = None
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
 Feature = Annotated[
-    Union[CategoricalFeature, NumericFeature, SequenceFeature], Field(discriminator="type")
+    Union[CategoricalFeature, NumericFeature, SequenceFeature, VectorFeature], Field(discriminator="type")
 ]
 
 
@@ -307,6 +335,10 @@ class Schema(_Strict):
     @property
     def numeric(self) -> list[NumericFeature]:
         return [f for f in self.features if isinstance(f, NumericFeature)]
+
+    @property
+    def vectors(self) -> list[VectorFeature]:
+        return [f for f in self.features if isinstance(f, VectorFeature)]
 
     @property
     def sequences(self) -> list[SequenceFeature]:

@@ -27,6 +27,9 @@ class ModelSpec:
     sequence_lengths: dict[str, int] = field(default_factory=dict)  # sequence -> max_len
     sequence_encoders: dict[str, dict[str, Any]] = field(default_factory=dict)  # sequence -> encoder config
     sequence_sides: dict[str, list[str]] = field(default_factory=dict)  # history items -> its side sequences
+    # vector feature -> dim; their values are the numeric matrix's last columns, in this order, after the
+    # scalar `numeric_fields` (polyrec.data.vectors)
+    vector_dims: dict[str, int] = field(default_factory=dict)
 
     @property
     def sequence_fields(self) -> list[str]:

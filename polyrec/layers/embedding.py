@@ -39,7 +39,8 @@ class InputEmbedding(nn.Module):
     Fields are the categorical ids, then each sequence (one vector from its encoder: masked mean by
     default, or target attention / GRU / LSTM / transformer, polyrec.layers.sequence, per the spec's
     `sequence_encoders`), then each numeric value (value x a learned vector, only in `fields`; `flat`
-    appends raw values). A sequence that shares a categorical field's vocabulary (a history of items next
+    appends raw values), then each dense vector feature (a learned projection to d in `fields`; its raw
+    values in `flat`). A sequence that shares a categorical field's vocabulary (a history of items next
     to the candidate item) reads that field's rows of the table, so both live in one embedding space. A
     history's side fields (event category, behaviour, time gap) are summed into its event embeddings
     (DIN concatenates them; a sum keeps every field at the embedding size), so encoders see one vector per
@@ -75,9 +76,13 @@ class InputEmbedding(nn.Module):
         self.n_num = len(spec.numeric_fields)
         self.numeric_vectors = (no_decay(nn.Parameter(torch.randn(self.n_num, dim) * 0.01))
                                 if self.n_num and numeric_fields else None)
+        # vector features: the numeric matrix's last columns; one projected field each (flat: the raw values)
+        self.vector_dims = list(spec.vector_dims.values())
+        self.vector_projections = (nn.ModuleList(nn.Linear(d, dim) for d in self.vector_dims)
+                                   if numeric_fields else None)
         self.dim = dim
-        self.n_fields = self.n_cat + len(self.seq_names) + self.n_num
-        self.flat_dim = (self.n_cat + len(self.seq_names)) * dim + self.n_num
+        self.n_fields = self.n_cat + len(self.seq_names) + self.n_num + len(self.vector_dims)
+        self.flat_dim = (self.n_cat + len(self.seq_names)) * dim + self.n_num + sum(self.vector_dims)
 
     def _id_fields(self, batch: Batch) -> torch.Tensor:
         parts = []
@@ -103,13 +108,20 @@ class InputEmbedding(nn.Module):
     def fields(self, batch: Batch) -> torch.Tensor:
         """[B, F, d]: one vector per field, numeric fields included (for attention/FM-style models)."""
         out = self._id_fields(batch)
-        if self.n_num:
-            if self.numeric_vectors is None:
+        if self.n_num or self.vector_dims:
+            if self.numeric_vectors is None and self.vector_projections is None:
                 raise RuntimeError("InputEmbedding built with numeric_fields=False cannot produce field vectors")
-            out = torch.cat([out, batch.numeric.unsqueeze(-1) * self.numeric_vectors], dim=1)
+            parts = [out]
+            if self.n_num:
+                parts.append(batch.numeric[:, : self.n_num].unsqueeze(-1) * self.numeric_vectors)
+            start = self.n_num
+            for d, proj in zip(self.vector_dims, self.vector_projections):
+                parts.append(proj(batch.numeric[:, start:start + d]).unsqueeze(1))
+                start += d
+            out = torch.cat(parts, dim=1)
         return out
 
     def flat(self, batch: Batch) -> torch.Tensor:
         """[B, flat_dim]: concatenated id-field embeddings followed by the raw (scaled) numeric values."""
         ids = self._id_fields(batch).flatten(1)
-        return torch.cat([ids, batch.numeric], dim=1) if self.n_num else ids
+        return torch.cat([ids, batch.numeric], dim=1) if self.n_num or self.vector_dims else ids

@@ -40,8 +40,8 @@ def scenario_matmul(x: torch.Tensor, w: torch.Tensor, scen: torch.Tensor) -> tor
 
 
 def field_index(spec: ModelSpec, names: list[str], what: str) -> list[int]:
-    """Positions of named fields in InputEmbedding.fields() order (categorical, sequence, numeric)."""
-    order = [*spec.categorical_fields, *spec.sequence_vocab, *spec.numeric_fields]
+    """Positions of named fields in InputEmbedding.fields() order (categorical, sequence, numeric, vector)."""
+    order = [*spec.categorical_fields, *spec.sequence_fields, *spec.numeric_fields, *spec.vector_dims]
     unknown = [n for n in names if n not in order]
     if unknown:
         raise PolyrecError(f"{what}: unknown field(s) {unknown}; the model's fields are {order}.")

@@ -96,9 +96,11 @@ class SARNet(MultiTaskModel):
         d_bias = d * (int(p.debias_scenario) + len(self.debias_idx))  # no intercept: the base rate is the main net's
         self.task_debias = (nn.Parameter(torch.empty(d_bias, self.n_tasks).uniform_(-d_bias ** -0.5, d_bias ** -0.5))
                             if d_bias else None)
-        # the numeric field vectors are unread when no attention reads them (flat() uses the raw values)
-        self.not_shared(self.task_gates, self.towers, self.task_debias,
-                        self.embedding.numeric_vectors if self.embedding.seq_names else None)
+        # the numeric field vectors and vector projections are unread when no attention reads them (flat()
+        # uses the raw values)
+        unread = (self.embedding.numeric_vectors, self.embedding.vector_projections) if self.embedding.seq_names \
+            else (None,)
+        self.not_shared(self.task_gates, self.towers, self.task_debias, *unread)
 
     def behaviour_reads(self, batch: Batch, x: torch.Tensor, e_s: torch.Tensor) -> list[torch.Tensor]:
         q = self.query(torch.cat([x[:, : self.n_cat * self.embed_dim], e_s], dim=1))  # flat starts with the cat fields

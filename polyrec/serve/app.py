@@ -55,7 +55,9 @@ class Served:
         enc = self.bundle.encode(table)
         stages.mark("encode")
         if not np.isfinite(enc.numeric).all():
-            bad = sorted({self.bundle.spec.numeric_fields[j] for j in np.nonzero(~np.isfinite(enc.numeric))[1]})
+            names = self.bundle.spec.numeric_fields + [v for v, d in self.bundle.spec.vector_dims.items()
+                                                         for _ in range(d)]
+            bad = sorted({names[j] for j in np.nonzero(~np.isfinite(enc.numeric))[1]})
             raise RequestError(422, f"numeric feature(s) {bad} are out of range once scaled (too large for float32)")
         scores = self.backend.scores(enc)
         stages.mark("forward")

@@ -181,12 +181,9 @@ class RequestEncoder:
                 cat.append(scenario)
             k += 1
         seqs = {f.name: _pad(x, cols[k + j], f.max_len, f.keep) for j, ((f, _), x) in enumerate(zip(self.seqs, lists))}
-        scalers = self.encoders.scalers
-        num = self.encoders.schema.numeric
         return EncodedSplit(
             categorical=np.stack(cat, axis=1) if cat else np.zeros((n, 0), np.int32),
-            numeric=(np.stack([scalers[f.name].transform(table[f.source]) for f in num], axis=1) if num
-                     else np.zeros((n, 0), np.float32)),
+            numeric=self.encoders.dense(table)[0],
             sequences=seqs, scenario=scenario, labels=np.zeros((n, 0), np.float32), user=None)
 
 

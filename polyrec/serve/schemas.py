@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import NotRequired, Required, TypedDict
 
-from polyrec.data.schema import CategoricalFeature, NumericFeature, Schema
+from polyrec.data.schema import CategoricalFeature, NumericFeature, Schema, VectorFeature
 from polyrec.serve.fusion import Fusion
 
 Id = Union[int, str]
@@ -32,8 +32,18 @@ class Column:
     """One raw request column: its JSON name (the schema's source column) and role."""
 
     name: str
-    kind: str  # categorical | numeric | sequence | scenario | user
+    kind: str  # categorical | numeric | sequence | vector | text | scenario | user
     required: bool
+
+
+def _kind(f: Any) -> str:
+    if isinstance(f, CategoricalFeature):
+        return "categorical"
+    if isinstance(f, NumericFeature):
+        return "numeric"
+    if isinstance(f, VectorFeature):
+        return "text" if f.text is not None else "vector"
+    return "sequence"
 
 
 def columns(schema: Schema, joined: set[str] | frozenset[str] = frozenset(),
@@ -43,8 +53,7 @@ def columns(schema: Schema, joined: set[str] | frozenset[str] = frozenset(),
     their join keys."""
     from polyrec.data.derive import raw_columns
 
-    kinds = {f.source: "categorical" if isinstance(f, CategoricalFeature) else "numeric"
-             if isinstance(f, NumericFeature) else "sequence" for f in schema.all_features}
+    kinds = {f.source: _kind(f) for f in schema.all_features}
     if schema.scenario is not None:
         kinds.setdefault(schema.scenario.source, "scenario")
     if schema.user is not None:
@@ -60,11 +69,16 @@ def columns(schema: Schema, joined: set[str] | frozenset[str] = frozenset(),
 
 
 Raw = Optional[Union[int, Annotated[float, Field(allow_inf_nan=False)], str]]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 _TYPES: dict[str, Any] = {"categorical": Id, "numeric": Number, "sequence": Sequence,
+                          "vector": Optional[Union[list[Finite], str]], "text": Optional[str],
                           "scenario": Optional[Id], "user": Optional[Id], "key": Id, "raw": Raw}
 _DOCS = {"categorical": "categorical id (unseen ids map to the out-of-vocabulary id)",
          "numeric": "number; null = missing (filled with the training statistic)",
          "sequence": "sequence of ids: a separator-joined string or a list",
+         "vector": "dense vector: a list of exactly `dim` finite numbers (or a string of them); null = missing "
+                   "(filled with the training mean vector)",
+         "text": "free text, hashed into the model's vector feature; null = missing",
          "scenario": "scenario; absent, null or unseen = derived by the recipe where it can be, else the "
                      "unknown-scenario slot (id 0)",
          "user": "user id (groups only; optional)",
