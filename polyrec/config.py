@@ -83,12 +83,18 @@ class DataConfig(_Strict):
     # None: the recipe's default. temporal: per user by time; global_temporal: one time cut for everyone;
     # leave_last_out: per user, the last interaction tests and the second-to-last validates; kfold: `folds`
     # seeded folds, fold `fold` tests, a seeded ratios[1] share of the other folds validates, the rest trains;
-    # cold_start: a seeded `cold_fraction` of the users (or items, `cold_by`) never trains, half of them
+    # cold_start: a seeded `cold_fraction` of the users and/or items (`cold_by`) never trains, half of them
     # validate and half test, and the other rows split at random by `ratios` (polyrec.data.coldstart)
     split: Literal["random", "temporal", "global_temporal", "leave_last_out", "official", "kfold",
                    "cold_start"] | None = None
     cold_fraction: float = Field(0.1, gt=0, lt=1)  # data.split=cold_start: the share of users/items held out
-    cold_by: Literal["user", "item"] = "user"  # data.split=cold_start: what is held out
+    # data.split=cold_start: what is held out: user, item, or both ([user, item]: each kind's fraction)
+    cold_by: list[Literal["user", "item"]] = Field(default_factory=lambda: ["user"], min_length=1)
+
+    @field_validator("cold_by", mode="before")
+    @classmethod
+    def _one_role(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else list(dict.fromkeys(v)) if isinstance(v, (list, tuple)) else v
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     folds: int | None = Field(None, ge=2)  # data.split=kfold: the number of folds (cross-validation)
     fold: int = Field(0, ge=0)  # data.split=kfold: the fold that tests (0 .. folds-1)

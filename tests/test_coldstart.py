@@ -23,7 +23,7 @@ from polyrec.metrics.report import evaluate, flatten
 def test_cold_start_split_holds_entities_out_of_training():
     rng = np.random.default_rng(0)
     entity = rng.integers(0, 200, 5000)
-    idx = cold_start_split(entity, (0.8, 0.1, 0.1), 0.2, seed=3)
+    idx = cold_start_split([entity], (0.8, 0.1, 0.1), 0.2, seed=3)
     assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(5000))  # each row once
     train_e = set(entity[idx["train"]])
     val_only = set(entity[idx["val"]]) - train_e
@@ -32,16 +32,30 @@ def test_cold_start_split_holds_entities_out_of_training():
     assert not val_only & set(entity[idx["test"]]) and not test_only & set(entity[idx["val"]])
     # warm rows are in val/test too (both slices measurable)
     assert set(entity[idx["test"]]) & train_e and set(entity[idx["val"]]) & train_e
-    again = cold_start_split(entity, (0.8, 0.1, 0.1), 0.2, seed=3)
+    again = cold_start_split([entity], (0.8, 0.1, 0.1), 0.2, seed=3)
     assert all(np.array_equal(idx[k], again[k]) for k in idx)
-    other = cold_start_split(entity, (0.8, 0.1, 0.1), 0.2, seed=4)
+    other = cold_start_split([entity], (0.8, 0.1, 0.1), 0.2, seed=4)
     assert not np.array_equal(idx["test"], other["test"])
+
+
+def test_cold_start_split_by_users_and_items_keeps_both_out_of_training():
+    rng = np.random.default_rng(1)
+    user, item = rng.integers(0, 100, 8000), rng.integers(0, 300, 8000)
+    idx = cold_start_split([user, item], (0.8, 0.1, 0.1), 0.1, seed=0)
+    assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(8000))
+    for ent, n_cold in ((user, 10), (item, 30)):
+        seen = set(ent[idx["train"]])
+        held = (set(ent[idx["val"]]) | set(ent[idx["test"]])) - seen
+        assert len(held) == n_cold  # every held-out entity is absent from training, and only those
+    test_cold_user = ~np.isin(user[idx["test"]], user[idx["train"]])
+    test_cold_item = ~np.isin(item[idx["test"]], item[idx["train"]])
+    assert test_cold_user.any() and test_cold_item.any() and (~test_cold_user & ~test_cold_item).any()
 
 
 @pytest.mark.parametrize("fraction", [0.001, 0.9999])
 def test_cold_start_split_refuses_degenerate_fractions(fraction):
     with pytest.raises(PolyrecError, match="cold_fraction"):
-        cold_start_split(np.arange(100), (0.8, 0.1, 0.1), fraction, seed=0)
+        cold_start_split([np.arange(100)], (0.8, 0.1, 0.1), fraction, seed=0)
 
 
 def test_cold_columns_use_raw_ids_not_the_oov_row():
@@ -107,12 +121,16 @@ def test_cold_start_split_needs_the_role_column(tiny_recipe):
 
 
 def test_train_reports_cold_slices_end_to_end(tiny_recipe, tmp_path):
+    tiny_recipe._schema = {**TINY_SCHEMA, "item": "item_id"}
     code, out, err = run_cli("train", "--dataset", tiny_recipe.name, "--model", "mmoe", "--epochs", "1", "--quiet",
                              "--set", "data.split=cold_start", "--set", "data.cold_fraction=0.2",
+                             "--set", "data.cold_by=[user, item]",
                              "--out", str(tmp_path / "run"))
     assert code == 0, err
     test = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     cold = test["slices"]["cold_user"]["click"]
     warm = test["slices"]["warm"]["click"]
-    assert cold["n"] > 0 and warm["n"] > 0 and cold["n"] + warm["n"] == test["heads"]["click"]["n"]
-    assert "cold-user" in out
+    item = test["slices"]["cold_item"]["click"]
+    assert cold["n"] > 0 and warm["n"] > 0 and item["n"] > 0
+    assert warm["n"] + cold["n"] + item["n"] >= test["heads"]["click"]["n"] > warm["n"] + max(cold["n"], item["n"])
+    assert "cold-user" in out and "cold-item" in out

@@ -8,6 +8,8 @@ report warm rows (no role cold), cold-user rows and cold-item rows (polyrec.metr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,26 +36,31 @@ def cold_columns(schema: Schema, train: pa.Table, table: pa.Table) -> dict[str, 
     return out
 
 
-def cold_start_split(entity: np.ndarray, ratios: tuple[float, float, float], fraction: float, seed: int
-                     ) -> dict[str, np.ndarray]:
-    """Hold out a seeded `fraction` of the entities (users or items, int codes [N]) entirely.
+def cold_start_split(entities: Sequence[np.ndarray], ratios: tuple[float, float, float], fraction: float,
+                     seed: int) -> dict[str, np.ndarray]:
+    """Hold out a seeded `fraction` of each kind of entity (users, items: int codes [N] per kind) entirely.
 
-    The held-out entities' rows never train: half of those entities (rounded down) validate, the rest test, so
-    early stopping sees cold rows as the test does. The other rows split at random by `ratios`, so val and test
-    also hold warm rows and every metric has both slices. Entities are drawn by a permutation of the unique
-    codes, so the same (entities, fraction, seed) always hold out the same ones.
+    A held-out entity's rows never train. Half of each kind's held-out entities (rounded down) validate and the
+    rest test: a row goes to test when any of its held-out entities is a test one, else to validation, so early
+    stopping sees cold rows as the test does and neither half ever trains. The other rows split at random by
+    `ratios`, so val and test also hold warm rows and every metric has both slices. Entities are drawn by a
+    permutation of the unique codes, so the same (entities, fraction, seed) always hold out the same ones.
     """
     if not 0 < fraction < 1:
         raise PolyrecError(f"data.cold_fraction must be strictly between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
-    codes = np.unique(entity)
-    n_cold = int(round(len(codes) * fraction))
-    if n_cold < 2 or n_cold >= len(codes):
-        raise PolyrecError(f"data.cold_fraction={fraction} of {len(codes)} entities holds out {n_cold}: the "
-                           "cold-start split needs at least 2 held-out and 1 training entity")
-    cold = rng.permutation(codes)[:n_cold]
-    cold_val = np.isin(entity, cold[: n_cold // 2])
-    cold_test = np.isin(entity, cold[n_cold // 2:])
+    n = len(entities[0])
+    cold_val, cold_test = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    for entity in entities:
+        codes = np.unique(entity)
+        n_cold = int(round(len(codes) * fraction))
+        if n_cold < 2 or n_cold >= len(codes):
+            raise PolyrecError(f"data.cold_fraction={fraction} of {len(codes)} entities holds out {n_cold}: the "
+                               "cold-start split needs at least 2 held-out and 1 training entity")
+        cold = rng.permutation(codes)[:n_cold]
+        cold_val |= np.isin(entity, cold[: n_cold // 2])
+        cold_test |= np.isin(entity, cold[n_cold // 2:])
+    cold_val &= ~cold_test
     warm = np.flatnonzero(~(cold_val | cold_test))
     r = np.asarray(ratios, dtype=np.float64)
     perm = rng.permutation(warm)

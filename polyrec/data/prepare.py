@@ -115,10 +115,10 @@ def check_split(cfg: DataConfig, recipe: Recipe, schema: Schema) -> None:
         if method != "global_temporal" and (schema.user or recipe.user_column) is None:
             raise PolyrecError(f"data.split={method} needs a user column: set `user:` in the schema.")
     if method == "cold_start":
-        role = cfg.cold_by
-        if (schema.user or recipe.user_column if role == "user" else schema.item) is None:
-            raise PolyrecError(f"data.split=cold_start with data.cold_by={role} needs the schema's `{role}:` "
-                               f"column (the {role}s it holds out).")
+        for role in cfg.cold_by:
+            if (schema.user or recipe.user_column if role == "user" else schema.item) is None:
+                raise PolyrecError(f"data.split=cold_start with data.cold_by={role} needs the schema's `{role}:` "
+                                   f"column (the {role}s it holds out).")
     if cfg.files is not None:
         if cfg.files.val is not None and method != "official":
             raise PolyrecError(f"data.split={method} contradicts the given val/test files (an official split): "
@@ -144,9 +144,9 @@ def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
             idx = (temporal_split(users, times, cfg.ratios) if method == "temporal"
                    else leave_last_out_split(users, times))
     elif method == "cold_start":
-        col = user_col if cfg.cold_by == "user" else schema.item if schema else None
-        entity = pc.dictionary_encode(as_strings(raw_table[col])).combine_chunks().indices.to_numpy()
-        idx = cold_start_split(entity, cfg.ratios, cfg.cold_fraction, seed)
+        cols = [user_col if role == "user" else schema.item if schema else None for role in cfg.cold_by]
+        entities = [pc.dictionary_encode(as_strings(raw_table[c])).combine_chunks().indices.to_numpy() for c in cols]
+        idx = cold_start_split(entities, cfg.ratios, cfg.cold_fraction, seed)
     elif method == "kfold":  # validation share: ratios[1] of the training folds (see DataConfig)
         idx = kfold_split(raw_table.num_rows, cfg.folds, cfg.fold, cfg.ratios[1], seed)
     else:
@@ -257,7 +257,7 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
     if method == "kfold":  # (only then: the keys of the other splits stay as they were)
         parts["folds"] = [cfg.folds, cfg.fold]
     if method == "cold_start":
-        parts["cold"] = [cfg.cold_by, cfg.cold_fraction]
+        parts["cold"] = [list(cfg.cold_by), cfg.cold_fraction]
     if cfg.files is not None:  # absolute paths and read options of your own files
         parts["source"] = cfg.files.model_dump(mode="json")
     key = cache_key(parts)
