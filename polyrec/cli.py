@@ -145,6 +145,10 @@ def train(
     val: Annotated[Optional[str], typer.Option("--val", help="Validation file (with --test: an official split).")] = None,
     test: Annotated[Optional[str], typer.Option("--test", help="Test file (with --val).")] = None,
     schema: Annotated[Optional[str], typer.Option("--schema", help="Schema YAML (data.schema_file).")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Continual re-training: warm-start from this finished CTR-style run (its vocabularies "
+        "grown by the new data, its weights copied; without --config its model and train settings, and its data "
+        "unless --data/--dataset is given). Same as train.init_from.")] = None,
 ) -> None:
     """Train a model and print per-(scenario, task) metrics on the test split (top-K metrics with --topk).
 
@@ -165,7 +169,15 @@ def train(
                            ("train.seed", seed), ("train.balance", balance)):
             if value is not None:
                 overrides.append(f"{key}={value}")
-        cfg = load_config(config, overrides, base={"topk": {}} if topk else None)
+        base: dict | None = {"topk": {}} if topk else None
+        if init_from is not None:
+            from polyrec.train.warmstart import init_config_base
+
+            if config is None:
+                base = {**(base or {}), **init_config_base(init_from, data is not None or dataset is not None,
+                                                           schema is not None or data is None)}
+            overrides.append(f"train.init_from={json.dumps(str(init_from))}")
+        cfg = load_config(config, overrides, base=base)
         from polyrec.runs import validate_config
 
         validate_config(cfg)  # fail fast on unknown names, before any data work

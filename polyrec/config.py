@@ -169,6 +169,14 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, ge=1)  # steps between logged loss/weights lines
     progress: bool = True
     tensorboard: bool = True  # TensorBoard event files in <run_dir>/tensorboard/ (needs the `track` extra)
+    # continual re-training: warm-start from this finished CTR-style run folder (its vocabularies grown by the new
+    # training split, its weights copied row by row; polyrec.train.warmstart). Optimiser state is not carried over
+    init_from: str | None = None
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_absolute(cls, v: str | None) -> str | None:
+        return _absolute(v)
 
     @field_validator("device")
     @classmethod

@@ -228,12 +228,18 @@ def _where(recipe: Recipe, split: str) -> str:
     return f"The {split} split of {recipe.name}"
 
 
-def fit_encode(recipe: Recipe, schema: Schema, tables: dict[str, pa.Table]
+def fit_encode(recipe: Recipe, schema: Schema, tables: dict[str, pa.Table], base_encoders: Encoders | None = None
                ) -> tuple[Encoders, dict[str, EncodedSplit]]:
-    """Encoders fitted on train only, then every split encoded; errors name the split and its file."""
+    """Encoders fitted on train only, then every split encoded; errors name the split and its file.
+    `base_encoders` (a warm start, polyrec.data.grow): the old run's encoders grown by train instead of a refit."""
     split = "train"
     try:
-        encoders = Encoders.fit(schema, tables["train"])
+        if base_encoders is not None:
+            from polyrec.data.grow import grow_encoders
+
+            encoders = grow_encoders(base_encoders, schema, tables["train"])
+        else:
+            encoders = Encoders.fit(schema, tables["train"])
         encoded = {}
         for split, t in tables.items():
             encoded[split] = encoders.encode(t, what=_where(recipe, split))
@@ -245,8 +251,10 @@ def fit_encode(recipe: Recipe, schema: Schema, tables: dict[str, pa.Table]
     return encoders, encoded
 
 
-def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callable[[str], None] = print) -> PreparedData:
-    """Encoded splits for `cfg`, from the cache when an identical entry exists."""
+def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callable[[str], None] = print,
+            base_encoders: Encoders | None = None) -> PreparedData:
+    """Encoded splits for `cfg`, from the cache when an identical entry exists. `base_encoders`: grow these
+    (a warm-started run's old encoders) instead of fitting new ones; they are part of the cache key."""
     recipe, schema, files, method = build_tables(cfg, seed, download, log)
     split_seed = cfg.split_seed if cfg.split_seed is not None else seed
     parts = {
@@ -260,12 +268,14 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
         parts["cold"] = [list(cfg.cold_by), cfg.cold_fraction]
     if cfg.files is not None:  # absolute paths and read options of your own files
         parts["source"] = cfg.files.model_dump(mode="json")
+    if base_encoders is not None:  # (only then: other keys stay as they were)
+        parts["base_encoders"] = cache_key(base_encoders.to_dict())
     key = cache_key(parts)
     entry = cache_dir() / f"{recipe.name}-{key}"
     if not is_complete(entry):
         log(f"{recipe.name}: encoding into {entry}")
         tables, notes, used = raw_splits(recipe, schema, files, cfg, split_seed)
-        encoders, encoded = fit_encode(recipe, schema, tables)
+        encoders, encoded = fit_encode(recipe, schema, tables, base_encoders)
         stats = {name: split_stats(encoders, tables[name], e) for name, e in encoded.items()}
         for name, st in stats.items():  # logged by describe(), kept in meta.json
             if st.get("unknown_scenario"):

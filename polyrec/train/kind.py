@@ -41,6 +41,7 @@ from polyrec import __version__
 from polyrec.balance import balancer_params
 from polyrec.config import RunConfig, TrainConfig, check_device
 from polyrec.data.prepare import get_recipe
+from polyrec.errors import PolyrecError
 from polyrec.train.rundir import check_run_dir, claim, write_run_files
 from polyrec.train.tracking import chain_callbacks, make_tracker
 from polyrec.train.trainer import Trainer
@@ -73,9 +74,13 @@ class Built:
 
 class RunKind(ABC):
     name: ClassVar[str]
+    warm_starts: ClassVar[bool] = False  # honours train.init_from (continual re-training; CTR-style runs only)
 
     def validate(self, cfg: RunConfig) -> None:
         """Unknown names, bad parameters and a device this machine lacks fail here, before any folder or data."""
+        if cfg.train.init_from is not None and not self.warm_starts:
+            raise PolyrecError(f"train.init_from (--init-from) warm-starts CTR-style runs only; {self.name} runs "
+                               "train from scratch: drop --init-from.")
         get_recipe(cfg.data.dataset)
         self.validate_model(cfg)
         balancer_params(cfg.train.balance, cfg.train.balance_params)

@@ -26,6 +26,7 @@ from polyrec.data.prepare import PreparedData, describe, prepare
 from polyrec.train.checkpoint import load_state
 from polyrec.train.gates import gate_summary
 from polyrec.train.kind import Built, RunKind
+from polyrec.train.warmstart import check_compatible, load_init_run, warm_start
 from polyrec.train.trainer import WEIGHTS, Trainer, evaluate_table, table_evaluator
 from polyrec.utils.io import atomic_write_text, read_json
 
@@ -34,12 +35,18 @@ class CTRKind(RunKind):
     """Rows of features -> per-task probabilities; validation by the configured monitor (default mean AUC)."""
 
     name = "ctr"
+    warm_starts = True
 
     def validate_model(self, cfg: RunConfig) -> None:
         model_params(cfg.model.name, cfg.model.params())
 
     def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> Any:
-        data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log)
+        base = None
+        if cfg.train.init_from is not None:  # continual re-training: the old run's encoders, grown
+            old = load_init_run(cfg.train.init_from)
+            check_compatible(old.config, cfg, old.run_dir)
+            base = old.encoders
+        data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log, base_encoders=base)
         log(describe(data))
         tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items() if evaluate_test or k != "test"}
         return data, tables
@@ -52,6 +59,7 @@ class CTRKind(RunKind):
         spec.sequence_encoders = resolve_sequence_encoders(cfg.model.sequence_encoder, cfg.model.sequences,
                                                            spec.sequence_fields, list(spec.sequence_sides))
         model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
+        warm = warm_start(model, cfg.train.init_from, log) if cfg.train.init_from is not None else None
         balancer = balancer_for_heads(cfg.train.balance, model.heads, cfg.train.balance_params)
         n_params = sum(p.numel() for p in model.parameters())
         log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}")
@@ -63,7 +71,8 @@ class CTRKind(RunKind):
             "kind": self.name, "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
             "spec": spec.to_dict(), "heads": [h.__dict__ for h in model.heads],
             "dataset": prepared.dataset, "cache_entry": prepared.entry.name}, enc, n_params,
-            model.params.model_dump(mode="json"), {"data_stats": prepared.meta.get("stats")})
+            model.params.model_dump(mode="json"),
+            {"data_stats": prepared.meta.get("stats"), **({"warm_start": warm} if warm else {})})
 
     def evaluate(self, cfg: RunConfig, built: Built, data: Any, splits: tuple[str, ...]) -> dict[str, Any]:
         prepared, tables = data
@@ -87,7 +96,11 @@ class CTRKind(RunKind):
 
     def evaluate_folder(self, run_dir: Path, split: str, log: Callable[[str], None]) -> dict[str, Any]:
         run = load_run(run_dir)
-        data: PreparedData = prepare(run.config.data, seed=run.config.train.seed, download=False, log=log)
+        base = None
+        if run.config.train.init_from is not None:  # a warm-started run encodes with its old run's grown encoders
+            base = Encoders.load(Path(run.config.train.init_from) / "encoders.json")
+        data: PreparedData = prepare(run.config.data, seed=run.config.train.seed, download=False, log=log,
+                                     base_encoders=base)
         if split not in data.splits:
             raise PolyrecError(f"Unknown split {split!r}; available: {sorted(data.splits)}")
         if data.encoders.to_dict() != run.encoders.to_dict():
