@@ -53,12 +53,8 @@ class CTRKind(RunKind):
 
     def build(self, cfg: RunConfig, data: Any, run_dir: Path, log: Callable[[str], None]) -> Built:
         prepared, tables = data
-        train = prepared.splits["train"]  # what a model needs from the data comes from the training split only
-        spec = get_model_class(cfg.model.name).spec_from_training(
-            prepared.model_spec(), model_params(cfg.model.name, cfg.model.params()), train.categorical, train.labels)
-        spec.sequence_encoders = resolve_sequence_encoders(cfg.model.sequence_encoder, cfg.model.sequences,
-                                                           spec.sequence_fields, list(spec.sequence_sides))
-        model = build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
+        model = model_for(cfg, prepared)
+        spec = model.spec
         warm = warm_start(model, cfg.train.init_from, log) if cfg.train.init_from is not None else None
         balancer = balancer_for_heads(cfg.train.balance, model.heads, cfg.train.balance_params)
         n_params = sum(p.numel() for p in model.parameters())
@@ -108,6 +104,17 @@ class CTRKind(RunKind):
                                "(source files or schema changed); evaluate would be meaningless.")
         table = TensorTable(data.splits[split])
         return evaluate_table(run.model, table, run.config.train.eval_batch_size, run.spec.scenario_names)
+
+
+def model_for(cfg: RunConfig, prepared: PreparedData) -> MultiTaskModel:
+    """The freshly initialised model of a CTR-style run on `prepared` (its spec completed from the training split
+    only), on cfg.train.device."""
+    train = prepared.splits["train"]
+    spec = get_model_class(cfg.model.name).spec_from_training(
+        prepared.model_spec(), model_params(cfg.model.name, cfg.model.params()), train.categorical, train.labels)
+    spec.sequence_encoders = resolve_sequence_encoders(cfg.model.sequence_encoder, cfg.model.sequences,
+                                                       spec.sequence_fields, list(spec.sequence_sides))
+    return build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
 
 
 # --- loading a finished run ---------------------------------------------------------------
