@@ -159,6 +159,9 @@ def train(
     if resume:
         if out is None:
             raise PolyrecError("--resume needs --out RUN_DIR (the run to continue).")
+        if init_from is not None:
+            raise PolyrecError("--resume continues the run in --out as its config.yaml says (train.init_from "
+                               "included): drop --init-from.")
         if (out / "config.yaml").exists():
             cfg = load_config(out / "config.yaml")
         else:

@@ -183,10 +183,15 @@ def test_cli_bad_init_from_is_one_line(data, tmp_path):
     cases = {str(tmp_path / "missing"): "no such run folder"}
     (tmp_path / "empty").mkdir()
     cases[str(tmp_path / "empty")] = "is not a finished polyrec run"
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("{}\n")
+    cases[str(tmp_path / "unfinished")] = "has not finished"
     for folder, words in cases.items():
         r = runner.invoke(app, ["train", "--init-from", folder, "--data", str(data.dir / "new.csv"), "--quiet"])
         assert r.exit_code != 0 and isinstance(r.exception, (PolyrecError, SystemExit))
         assert words in str(r.exception), r.exception
+    r = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "empty"), "--init-from", str(tmp_path)])
+    assert isinstance(r.exception, PolyrecError) and "drop --init-from" in str(r.exception)
 
 
 def test_corrupt_weights_and_topk_are_refused(data, tmp_path):

@@ -26,7 +26,7 @@ from polyrec.data.prepare import PreparedData, describe, prepare
 from polyrec.train.checkpoint import load_state
 from polyrec.train.gates import gate_summary
 from polyrec.train.kind import Built, RunKind
-from polyrec.train.warmstart import check_compatible, load_init_run, warm_start
+from polyrec.train.warmstart import check_compatible, check_init_from, load_init_run, warm_start
 from polyrec.train.trainer import WEIGHTS, Trainer, evaluate_table, table_evaluator
 from polyrec.utils.io import atomic_write_text, read_json
 
@@ -39,6 +39,7 @@ class CTRKind(RunKind):
 
     def validate_model(self, cfg: RunConfig) -> None:
         model_params(cfg.model.name, cfg.model.params())
+        check_init_from(cfg)  # a bad --init-from folder or another model fails before any folder or data
 
     def prepare(self, cfg: RunConfig, download: bool, log: Callable[[str], None], evaluate_test: bool) -> Any:
         base = None
@@ -94,7 +95,11 @@ class CTRKind(RunKind):
         run = load_run(run_dir)
         base = None
         if run.config.train.init_from is not None:  # a warm-started run encodes with its old run's grown encoders
-            base = Encoders.load(Path(run.config.train.init_from) / "encoders.json")
+            source = Path(run.config.train.init_from) / "encoders.json"
+            if not source.exists():
+                raise PolyrecError(f"{run_dir} was warm-started from {source.parent}, whose encoders.json is gone: "
+                                   "its data cannot be re-encoded as in training (predict still works).")
+            base = Encoders.load(source)
         data: PreparedData = prepare(run.config.data, seed=run.config.train.seed, download=False, log=log,
                                      base_encoders=base)
         if split not in data.splits:

@@ -11,7 +11,9 @@ copied in:
 - any other tensor whose first dimension grew (a per-field table such as svd's user/item factors and biases):
   its old rows as its first rows, as old ids are the first ids of a grown vocabulary.
 
-So before the first step every row made only of old ids scores exactly as in the old run. The optimiser starts
+So before the first step every row made only of old ids scores exactly as in the old run (what a model reads
+from the training split itself is the new split's: svdpp's N(u) of a user with new ratings, svd's clipping range
+of a regression task, so those rows may move). The optimiser starts
 fresh (Adam moments are not carried over: they would need the same row remapping, and one epoch rebuilds them).
 Only CTR-style runs warm-start; top-K runs refuse `train.init_from` (polyrec.topk.run).
 """
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polyrec.config import RunConfig, config_differences
+from polyrec.config import RunConfig, config_differences, load_config
 from polyrec.errors import PolyrecError
 from polyrec.layers.embedding import FusedEmbedding
 from polyrec.utils.io import read_json
@@ -35,10 +37,21 @@ if TYPE_CHECKING:
     from polyrec.train.run import LoadedRun
 
 
-def load_init_run(path: str | Path) -> "LoadedRun":
-    """The finished CTR-style run to warm-start from; anything else is one line naming the folder."""
-    from polyrec.train.run import load_run
+def check_init_from(cfg: RunConfig) -> None:
+    """Before any folder or data: train.init_from names a finished CTR-style run with the same model settings
+    (its config only; the weights are read, and checked, when the run is built)."""
+    if cfg.train.init_from is None:
+        return
+    run_dir = _check_folder(cfg.train.init_from)
+    try:
+        old = load_config(run_dir / "config.yaml")
+    except PolyrecError as exc:
+        raise PolyrecError(f"--init-from {run_dir}: {exc}") from None
+    check_compatible(old, cfg, run_dir)
 
+
+def _check_folder(path: str | Path) -> Path:
+    """A folder holding a finished CTR-style run, or one line saying what it is instead."""
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise PolyrecError(f"--init-from {run_dir}: no such run folder.")
@@ -47,12 +60,23 @@ def load_init_run(path: str | Path) -> "LoadedRun":
         try:
             kind = read_json(spec).get("kind", "ctr")
         except (PolyrecError, AttributeError):
-            kind = "ctr"  # a damaged spec.json fails in load_run below, naming the file
+            kind = "ctr"  # a damaged spec.json fails when the run is loaded, naming the file
         if kind != "ctr":
             raise PolyrecError(f"--init-from {run_dir}: a {kind} run; only CTR-style runs can be warm-started from.")
     if not (run_dir / "metrics.json").exists() and (run_dir / "config.yaml").exists():
         raise PolyrecError(f"--init-from {run_dir}: the run has not finished (no metrics.json); warm-start from a "
                            "finished run.")
+    for name in ("config.yaml", "encoders.json", "spec.json", "model.safetensors"):
+        if not (run_dir / name).exists():
+            raise PolyrecError(f"--init-from {run_dir} is not a finished polyrec run: {name} is missing.")
+    return run_dir
+
+
+def load_init_run(path: str | Path) -> "LoadedRun":
+    """The finished CTR-style run to warm-start from; anything else is one line naming the folder."""
+    from polyrec.train.run import load_run
+
+    run_dir = _check_folder(path)
     try:
         return load_run(run_dir)
     except PolyrecError as exc:
