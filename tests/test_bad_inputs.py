@@ -115,6 +115,16 @@ CASES = [
          ("predict", "{run}", "--input", "{tmp}/none.parquet", "--output", "{tmp}/o.parquet"), "not found"),
     Case("evaluate an unknown split", "finished", ("evaluate", "{run}", "--split", "tset"), "Unknown split 'tset'"),
     Case("recommend on a CTR run", "finished", ("recommend", "{run}", "--user", "u1"), "is a CTR-style run"),
+    # --- continual re-training (--init-from) -----------------------------------------------------------------
+    Case("--init-from a missing folder", "none", ("train", "--init-from", "{tmp}/none", *TINY, "--out", "{tmp}/r"),
+         "no such run folder"),
+    Case("--init-from truncated weights", "finished:model.safetensors",
+         ("train", "--init-from", "{run}", *TINY, "--out", "{tmp}/r"), "model.safetensors is corrupt or truncated"),
+    Case("--init-from another model setting", "finished",
+         ("train", "--init-from", "{run}", *TINY, "--set", "model.embed_dim=8", "--out", "{tmp}/r"),
+         "the model differs from the old run's (model.embed_dim: 4 -> 8)"),
+    Case("--topk with --init-from", "finished", ("train", "--topk", "--init-from", "{run}", "--out", "{tmp}/r"),
+         "warm-starts CTR-style runs only"),
 ]
 
 
