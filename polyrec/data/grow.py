@@ -15,8 +15,6 @@ would score old rows differently. So instead of refitting on the new training sp
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,10 +74,3 @@ def grow_encoders(base: Encoders, schema: Schema, train: pa.Table) -> Encoders:
     return Encoders(schema=schema, vocabularies=vocabularies, scalers=dict(base.scalers), sequences=sequences,
                     scenario=scenario)
 
-
-def growth(base: Encoders, grown: Encoders) -> dict[str, Any]:
-    """Per vocabulary: old size -> new size (what a run log says about the warm start)."""
-    out = {k: [base.vocabularies[k].size, v.size] for k, v in grown.vocabularies.items()}
-    out.update({f"seq.{k}": [base.sequences[k].vocab.size, v.vocab.size] for k, v in grown.sequences.items()
-                if v.spec.vocab is None})
-    return out

@@ -13,9 +13,9 @@ copied in:
 
 So before the first step every row made only of old ids scores exactly as in the old run (what a model reads
 from the training split itself is the new split's: svdpp's N(u) of a user with new ratings, svd's clipping range
-of a regression task, so those rows may move). The optimiser starts
-fresh (Adam moments are not carried over: they would need the same row remapping, and one epoch rebuilds them).
-Only CTR-style runs warm-start; top-K runs refuse `train.init_from` (polyrec.topk.run).
+of a regression task, so those rows may move). The optimiser starts fresh: Adam moments are not carried over
+(they would need the same row remapping, and the old run's checkpoint holds its last epoch's, not its best
+epoch's). Only CTR-style runs warm-start; top-K runs refuse `train.init_from` (RunKind.validate).
 """
 
 from __future__ import annotations
@@ -144,14 +144,15 @@ def transfer_weights(old: nn.Module, new: nn.Module) -> dict[str, str]:
 
 
 def warm_start(model: nn.Module, run_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Copy a finished run's weights into `model` (built from the grown spec); what grew, for the log."""
+    """Copy a finished run's weights into `model` (built from the grown spec); what grew, for metrics.json."""
     old = load_init_run(run_dir)
     grown = transfer_weights(old.model, model)
-    sizes = {"rows": {k: [int(a), int(b)] for k, a, b in zip(
-        old.spec.categorical_fields, old.spec.vocab_sizes, model.spec.vocab_sizes) if a != b}}  # type: ignore[union-attr]
-    log(f"warm start from {run_dir}: weights copied; grown vocabularies {sizes['rows'] or 'none'}"
+    new_sizes = model.spec.vocab_sizes  # type: ignore[union-attr]
+    rows = {f: [int(a), int(b)] for f, a, b in zip(old.spec.categorical_fields, old.spec.vocab_sizes, new_sizes)
+            if a != b}
+    log(f"warm start from {run_dir}: weights copied; vocabularies grown (old -> new rows) {rows or 'none'}"
         + (f" ({', '.join(f'{k}: {v}' for k, v in grown.items())})" if grown else ""))
-    return {"init_from": str(run_dir), "grown": sizes["rows"]}
+    return {"init_from": str(run_dir), "grown": rows}
 
 
 def init_config_base(run_dir: str | Path, new_data: bool, new_schema: bool) -> dict[str, Any]:
