@@ -6,7 +6,7 @@ would score old rows differently. So instead of refitting on the new training sp
 - every vocabulary keeps its old tokens at their old ids (even tokens absent from the new data); the new
   training split's unseen tokens that reach the field's `min_freq` are appended after them, ordered as
   Vocabulary.fit orders tokens (frequent first, then by value), so they get fresh embedding rows;
-- numeric scalers (fill value, shift, scale) are the old run's: refitting them on the new slice would move
+- numeric scalers (fill value, shift, scale) and vector features' fill vectors are the old run's: refitting them on the new slice would move
   every old input, and a drift in the statistics is for the model to learn, not for the encoder to hide;
 - the scenario vocabulary must not grow: per-scenario parameters (STAR's partitioned norm, M3oE's and
   SAPENet's scenario gates, scenario experts) have no well-defined "fresh" value that leaves old scenarios'
@@ -72,5 +72,5 @@ def grow_encoders(base: Encoders, schema: Schema, train: pa.Table) -> Encoders:
                                "parameters cannot grow, so warm-start needs the same scenario set: drop those "
                                "rows or train from scratch.")
     return Encoders(schema=schema, vocabularies=vocabularies, scalers=dict(base.scalers), sequences=sequences,
-                    scenario=scenario)
+                    scenario=scenario, vectors=dict(base.vectors))
 
