@@ -19,7 +19,7 @@ tasks (and per task with --per-task).
 
 Usage:
   POLYREC_DATA=/path/to/data python benchmarks/replay.py [--slices 5] [--rows 200000] [--model mmoe]
-      [--epochs 4] [--threads 1] [--full] [--per-task] [--work DIR] [--json-out replay.json]
+      [--epochs 40] [--patience 3] [--threads 1] [--full] [--per-task] [--work DIR] [--json-out replay.json]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def config(path: Path, schema: Path, args: argparse.Namespace, init_from: Path |
         "data": {"files": {"path": str(path)}, "schema_file": str(schema), "split": "random",
                  "ratios": [0.85, 0.1, 0.05]},
         "model": {"name": args.model, "embed_dim": args.embed_dim},
-        "train": {"epochs": args.epochs, "patience": 1, "batch_size": args.batch_size, "lr": args.lr,
+        "train": {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
                   "threads": args.threads, "seed": args.seed, "progress": False, "tensorboard": False,
                   "init_from": None if init_from is None else str(init_from)}})
 
@@ -82,7 +82,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000, help="seeded sample of the ratings (0 = all)")
     ap.add_argument("--model", default="mmoe")
     ap.add_argument("--embed-dim", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=40, help="epoch cap (early stopping on each slice's validation rows)")
+    ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1)
