@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from polyrec.balance import balancer_for_heads
-from polyrec.config import RunConfig, load_config
+from polyrec.config import RunConfig
 from polyrec.data.batching import TensorTable
 from polyrec.data.encoders import Encoders
 from polyrec.errors import PolyrecError
 from polyrec.layers.sequence import resolve_sequence_encoders
-from polyrec.models import ModelSpec, build_model
+from polyrec.models import build_model
 from polyrec.models.base import MultiTaskModel, get_model_class, model_params
 from polyrec.data.prepare import PreparedData, describe, prepare
-from polyrec.train.checkpoint import load_state
 from polyrec.train.gates import gate_summary
 from polyrec.train.kind import Built, RunKind
+from polyrec.train.loaded import LoadedRun, load_run, rebuild_model  # noqa: F401  (re-exported: run folders' API)
 from polyrec.train.warmstart import check_compatible, check_init_from, load_init_run, warm_start
-from polyrec.train.trainer import WEIGHTS, Trainer, evaluate_table, table_evaluator
-from polyrec.utils.io import atomic_write_text, read_json
+from polyrec.train.trainer import Trainer, evaluate_table, table_evaluator
+from polyrec.utils.io import atomic_write_text
 
 
 class CTRKind(RunKind):
@@ -120,36 +119,3 @@ def model_for(cfg: RunConfig, prepared: PreparedData) -> MultiTaskModel:
     spec.sequence_encoders = resolve_sequence_encoders(cfg.model.sequence_encoder, cfg.model.sequences,
                                                        spec.sequence_fields, list(spec.sequence_sides))
     return build_model(cfg.model.name, spec, cfg.model.embed_dim, cfg.model.params()).to(cfg.train.device)
-
-
-# --- loading a finished run ---------------------------------------------------------------
-@dataclass
-class LoadedRun:
-    run_dir: Path
-    config: RunConfig
-    encoders: Encoders
-    spec: ModelSpec
-    model: MultiTaskModel
-
-
-def load_run(run_dir: str | Path) -> LoadedRun:
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "encoders.json", "spec.json", WEIGHTS):
-        if not (run_dir / name).exists():
-            raise PolyrecError(f"{run_dir} is not a finished polyrec run: {name} is missing.")
-    cfg = load_config(run_dir / "config.yaml")
-    spec, model = rebuild_model(run_dir / "spec.json", run_dir / WEIGHTS, "retrain the run")
-    return LoadedRun(run_dir, cfg, Encoders.load(run_dir / "encoders.json"), spec, model)
-
-
-def rebuild_model(spec_path: Path, weights: Path, remedy: str) -> tuple[ModelSpec, MultiTaskModel]:
-    """The model a spec.json describes, with its weights, in eval mode (run folders and bundles alike);
-    a damaged spec or weights that do not fit are one line naming the file and `remedy`."""
-    info = read_json(spec_path)
-    try:
-        spec = ModelSpec.from_dict(info["spec"])
-        model = build_model(info["model"], spec, info["embed_dim"], info["params"])
-    except (KeyError, TypeError) as exc:
-        raise PolyrecError(f"{spec_path} is damaged (no valid {exc}); {remedy}.") from None
-    load_state(model, weights)
-    return spec, model.eval()

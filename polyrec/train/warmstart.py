@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +31,9 @@ from torch import nn
 from polyrec.config import RunConfig, config_differences, load_config
 from polyrec.errors import PolyrecError
 from polyrec.layers.embedding import FusedEmbedding
+from polyrec.train.loaded import LoadedRun, load_run
 from polyrec.utils.io import read_json
 
-if TYPE_CHECKING:
-    from polyrec.train.run import LoadedRun
 
 
 def check_init_from(cfg: RunConfig) -> None:
@@ -72,10 +71,8 @@ def _check_folder(path: str | Path) -> Path:
     return run_dir
 
 
-def load_init_run(path: str | Path) -> "LoadedRun":
+def load_init_run(path: str | Path) -> LoadedRun:
     """The finished CTR-style run to warm-start from; anything else is one line naming the folder."""
-    from polyrec.train.run import load_run
-
     run_dir = _check_folder(path)
     try:
         return load_run(run_dir)
