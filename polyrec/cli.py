@@ -418,6 +418,33 @@ def datasets_prepare(
         console.print(f"  {s}: {data.raw_split_path(s)}")
 
 
+@datasets_app.command("synth")
+def datasets_synth(
+    rows: Annotated[int, typer.Option(help="Rows of the log.")],
+    out: Annotated[Path, typer.Option(help="New folder for the shards, schema.yaml and synth.json.")],
+    users: Annotated[int, typer.Option(help="Distinct user ids (Zipf-distributed).")] = 10_000,
+    items: Annotated[int, typer.Option(help="Distinct item ids (Zipf-distributed).")] = 50_000,
+    scenarios: Annotated[int, typer.Option(help="Scenarios s0, s1, ...")] = 3,
+    tasks: Annotated[int, typer.Option(help="Binary tasks task0 (a click), task1, ... (nested in task0).")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed: the same arguments give the same data.")] = 0,
+    chunk_rows: Annotated[int, typer.Option(help="Rows per chunk and Parquet shard (memory is flat in --rows; "
+                                            "the data do not depend on it).")] = 1_000_000,
+) -> None:
+    """Write a synthetic multi-scenario, multi-task log with a planted signal (its Bayes AUC per task is known).
+
+    Then: polyrec train --data OUT --schema OUT/schema.yaml --model mmoe."""
+    from polyrec.data.synth import synthesize
+
+    info = synthesize(out, rows=rows, users=users, items=items, scenarios=scenarios, tasks=tasks, seed=seed,
+                      chunk_rows=chunk_rows, log=console.print)
+    console.print(f"wrote {out}: {rows} rows in {info['shards']} Parquet shard(s), schema.yaml, synth.json "
+                  f"({info['seconds']:.1f} s)")
+    console.print("positive rate: " + ", ".join(f"{k} {v:.4f}" for k, v in info["positive_rate"].items()))
+    console.print("planted (Bayes) AUC: " + ", ".join(
+        f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in info["bayes_auc"].items()))
+    console.print(f"train: polyrec train --data {out} --schema {out / 'schema.yaml'} --model mmoe")
+
+
 @app.command()
 def tune(
     trials: Annotated[int, typer.Option(help="Complete + pruned trials the study should hold (resumes count).")],

@@ -74,7 +74,8 @@ def expand(path: str | Path) -> list[Path]:
                        and f.stat().st_size > 0)
         if not files:
             raise PolyrecError(f"Folder {p} holds no data file.")
-        return files
+        shards = [f for f in files if f.suffix.lower() in (".parquet", ".pq")]
+        return shards or files  # a folder of Parquet shards: side files (schema.yaml, a manifest) are not data
     if not p.exists():
         raise PolyrecError(f"Data file not found: {p}")
     return [p]
