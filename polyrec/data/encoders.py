@@ -91,6 +91,96 @@ class Vocabulary:
         return cls(list(d["tokens"]), tuple(d["reserved"]))
 
 
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def fnv1a64(values: Column) -> np.ndarray:
+    """The 64-bit FNV-1a hash (uint64 [n]) of each value's canonical string (`as_strings`) as UTF-8 bytes.
+
+    Why FNV-1a: a published, fixed function of the bytes alone (no seed, no library or Python version in it,
+    unlike Python's `hash()` or polars' `Expr.hash`), so a hashed id means the same bucket in every process,
+    release and machine; pinned by tests/test_synth.py. Vectorised over the Arrow buffers: one numpy step per
+    byte position, over the strings that long."""
+    strings = as_strings(values)
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    if not pa.types.is_large_string(strings.type):
+        strings = pc.cast(strings, pa.large_string())
+    bufs = strings.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=len(strings) + 1, offset=8 * strings.offset)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    start, lengths = offsets[:-1], np.diff(offsets)
+    h = np.full(len(strings), _FNV_OFFSET, dtype=np.uint64)
+    active = np.flatnonzero(lengths > 0)
+    pos = 0
+    with np.errstate(over="ignore"):
+        while len(active):
+            h[active] = (h[active] ^ data[start[active] + pos].astype(np.uint64)) * _FNV_PRIME
+            pos += 1
+            active = active[lengths[active] > pos]
+    return h
+
+
+@dataclass
+class HashedVocabulary:
+    """Ids without a stored vocabulary: 2 + fnv1a64(canonical string) mod `buckets`; 0 = padding, 1 = null.
+
+    For vocabularies too large to keep (or to ship in a bundle): unseen ids get a bucket too (no OOV), and
+    distinct ids sharing a bucket share its embedding row. `collisions` (distinct training ids minus the
+    buckets they occupy) says how much of that happened on the training split."""
+
+    buckets: int
+    collisions: int = 0
+    distinct: int = 0
+    reserved: tuple[str, ...] = (PAD, OOV)
+
+    @classmethod
+    def fit(cls, values: Column, buckets: int) -> "HashedVocabulary":
+        uniq = pc.unique(as_strings(values))
+        uniq = uniq.filter(pc.not_equal(uniq, NULL_TOKEN))
+        occupied = len(np.unique(fnv1a64(uniq) % np.uint64(buckets)))
+        return cls(buckets, collisions=len(uniq) - occupied, distinct=len(uniq))
+
+    @property
+    def oov_id(self) -> int:
+        return len(self.reserved) - 1
+
+    @property
+    def size(self) -> int:
+        return len(self.reserved) + self.buckets
+
+    def transform(self, values: Column) -> np.ndarray:
+        ids = (fnv1a64(values) % np.uint64(self.buckets)).astype(np.int64) + len(self.reserved)
+        nulls = pc.equal(as_strings(values), NULL_TOKEN)
+        nulls = np.asarray(nulls.to_numpy(zero_copy_only=False) if isinstance(nulls, pa.Array)
+                           else nulls.combine_chunks().to_numpy(zero_copy_only=False), dtype=bool)
+        return np.where(nulls, self.oov_id, ids).astype(np.int32)
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        return [self.reserved[i] if i < len(self.reserved) else f"<bucket {i - len(self.reserved)}>"
+                for i in np.asarray(ids).tolist()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hash": "fnv1a64", "buckets": self.buckets, "collisions": self.collisions,
+                "distinct": self.distinct, "reserved": list(self.reserved)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HashedVocabulary":
+        if d.get("hash") != "fnv1a64":
+            raise PolyrecError(f"Unknown id hash {d.get('hash')!r} in the encoders (this polyrec knows fnv1a64).")
+        return cls(int(d["buckets"]), int(d["collisions"]), int(d["distinct"]), tuple(d["reserved"]))
+
+
+def vocabulary_from_dict(d: dict[str, Any]) -> "Vocabulary | HashedVocabulary":
+    """A stored vocabulary, token list or hashed."""
+    return HashedVocabulary.from_dict(d) if "hash" in d else Vocabulary.from_dict(d)
+
+
+def fit_categorical(values: Column, spec: CategoricalFeature) -> "Vocabulary | HashedVocabulary":
+    return (HashedVocabulary.fit(values, spec.hash_buckets) if spec.hash_buckets is not None
+            else Vocabulary.fit(values, spec.min_freq))
+
+
 @dataclass
 class NumericScaler:
     """NaN fill with a training statistic, then scaling; the statistics are the whole state."""
@@ -260,7 +350,7 @@ class Encoders:
     """Everything fitted on the training split. `encode` turns any raw table into an EncodedSplit."""
 
     schema: Schema
-    vocabularies: dict[str, Vocabulary]
+    vocabularies: dict[str, "Vocabulary | HashedVocabulary"]
     scalers: dict[str, NumericScaler]
     sequences: dict[str, SequenceEncoder]
     scenario: Vocabulary | None
@@ -290,7 +380,7 @@ class Encoders:
         scen = None
         if schema.scenario is not None:
             scen = Vocabulary.fit(train[schema.scenario.source], 1, reserved=(UNKNOWN_SCENARIO,))
-        vocabularies = {f.name: Vocabulary.fit(train[f.source], f.min_freq) for f in schema.categorical}
+        vocabularies = {f.name: fit_categorical(train[f.source], f) for f in schema.categorical}
         return cls(
             schema=schema,
             vocabularies=vocabularies,
@@ -360,7 +450,7 @@ class Encoders:
     def from_dict(cls, d: dict[str, Any]) -> "Encoders":
         schema = Schema.from_dict(d["schema"])
         seq_specs = {f.name: f for f in schema.sequences}
-        vocabularies = {k: Vocabulary.from_dict(v) for k, v in d["vocabularies"].items()}
+        vocabularies = {k: vocabulary_from_dict(v) for k, v in d["vocabularies"].items()}
         return cls(
             schema=schema,
             vocabularies=vocabularies,

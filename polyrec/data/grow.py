@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from polyrec.data.encoders import Column, Encoders, SequenceEncoder, Vocabulary, _token_lists, as_strings
+from polyrec.data.encoders import (Column, Encoders, HashedVocabulary, SequenceEncoder, Vocabulary, _token_lists,
+                                   as_strings)
 from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
 
@@ -27,8 +28,12 @@ from polyrec.errors import PolyrecError
 COMPATIBLE_KEYS = ("features", "tasks", "scenario", "history")
 
 
-def grow_vocabulary(vocab: Vocabulary, values: Column, min_freq: int = 1) -> Vocabulary:
-    """`vocab` with the tokens of `values` it lacks (counted at least `min_freq` times) appended: old ids stay."""
+def grow_vocabulary(vocab: Vocabulary | HashedVocabulary, values: Column, min_freq: int = 1
+                    ) -> Vocabulary | HashedVocabulary:
+    """`vocab` with the tokens of `values` it lacks (counted at least `min_freq` times) appended: old ids stay.
+    A hashed vocabulary has nothing to grow (every id already has its bucket): it is kept as it is."""
+    if isinstance(vocab, HashedVocabulary):
+        return vocab
     counts = pc.value_counts(as_strings(values))
     if len(counts) == 0:
         return Vocabulary(list(vocab.tokens), vocab.reserved)

@@ -17,7 +17,7 @@ from polyrec.data.cache import cache_key, file_fingerprint, is_complete, read_ca
 from polyrec.data.columns import time_values
 from polyrec.data.derive import derive_rows, finish_rows, histories_across, transform_raw
 from polyrec.data.coldstart import cold_columns, cold_start_split
-from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, as_strings
+from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, HashedVocabulary, as_strings
 from polyrec.data.schema import Schema
 from polyrec.data.split import (global_temporal_split, kfold_split, leave_last_out_split, random_split,
                                 temporal_split)
@@ -175,6 +175,17 @@ def split_stats(encoders: Encoders, table: pa.Table, encoded: EncodedSplit) -> d
     return out
 
 
+def hash_notes(encoders: Encoders) -> list[str]:
+    """One line per hashed categorical feature: how many training ids share a bucket with another."""
+    out = []
+    for f in encoders.schema.categorical:
+        v = encoders.vocabularies[f.name]
+        if isinstance(v, HashedVocabulary):
+            out.append(f"{f.name}: {v.distinct} distinct training ids hashed into {v.buckets} buckets, "
+                       f"{v.collisions} collisions ({100 * v.collisions / max(v.distinct, 1):.1f}% of the ids)")
+    return out
+
+
 def _stats_line(name: str, st: dict[str, Any]) -> str:
     n = max(st["rows"], 1)
     parts = [f"{name}: {st['rows']} rows"]
@@ -277,6 +288,7 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
         tables, notes, used = raw_splits(recipe, schema, files, cfg, split_seed)
         encoders, encoded = fit_encode(recipe, schema, tables, base_encoders)
         stats = {name: split_stats(encoders, tables[name], e) for name, e in encoded.items()}
+        notes += hash_notes(encoders)
         for name, st in stats.items():  # logged by describe(), kept in meta.json
             if st.get("unknown_scenario"):
                 notes.append(f"{name}: {st['unknown_scenario']} rows of a scenario unseen in train, scored "

@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from polyrec.errors import PolyrecError, close_matches
 
@@ -58,6 +58,24 @@ class CategoricalFeature(_Strict):
     type: Literal["categorical"] = "categorical"
     column: str | None = None
     min_freq: int = Field(1, ge=1)
+    # ids -> 2 + (stable 64-bit hash of the canonical string) mod hash_buckets; no vocabulary is stored (for
+    # vocabularies too large to keep); colliding ids share an embedding row (polyrec.data.encoders.HashedVocabulary)
+    hash_buckets: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _hashed(self) -> "CategoricalFeature":
+        if self.hash_buckets is not None and self.min_freq > 1:
+            raise ValueError(f"feature {self.name!r}: min_freq does not apply to hashed ids (hash_buckets); "
+                             "drop one of them")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Without hash_buckets when unset: schema dumps (cache keys, run folders) stay as they were before it."""
+        out = handler(self)
+        if out.get("hash_buckets") is None:
+            out.pop("hash_buckets", None)
+        return out
 
     @property
     def source(self) -> str:

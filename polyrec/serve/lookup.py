@@ -13,7 +13,7 @@ arrays with one pass for all of them:
     one arrow string array, its bytes hashed vectorised from the arrow buffers (no Python object per value)
     and probed for in the table, all values at once (one vectorised round per probe step). A hit is confirmed
     by comparing field, length and bytes, so a hash collision can never give a wrong id (two tokens sharing a
-    hash at load: `Encoders.encode` is used instead).
+    hash at load, or a hashed vocabulary (`hash_buckets`, no tokens to index): `Encoders.encode` is used instead).
 Measured (benchmarks in docs/results/serving): 500 ML-1M rows 0.93-1.1 -> 0.59 ms, 100 rows 0.82 -> 0.41-0.45 ms.
 tests/test_serving.py checks that the ids equal `Encoders.encode`'s on mixed inputs.
 """
@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from polyrec.data.encoders import EncodedSplit, Encoders, Vocabulary, _token_lists, as_strings, require_columns
+from polyrec.data.encoders import (EncodedSplit, Encoders, HashedVocabulary, Vocabulary, _token_lists, as_strings,
+                                   require_columns)
 
 _M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -106,6 +107,10 @@ class RequestEncoder:
         vocabs: list[Vocabulary] = [v for _, v in self.cat]
         vocabs += [self.scenario[1]] if self.scenario else []
         vocabs += [e.vocab for _, e in self.seqs]
+        self.columns = [c for c in s.input_columns() if c != s.user]
+        if any(isinstance(v, HashedVocabulary) for v in vocabs):  # no tokens to index: Encoders.encode hashes
+            self.usable = False
+            return
         self.first = np.array([len(v.reserved) for v in vocabs], np.int64)  # id of each field's first token
         self.oov = np.array([v.oov_id for v in vocabs], np.int32)
         tokens = pa.array([t for v in vocabs for t in v.tokens], type=pa.string())
@@ -121,7 +126,6 @@ class RequestEncoder:
         self.local = np.arange(len(field)) - np.repeat(np.cumsum([0] + [len(v.tokens) for v in vocabs])[:-1],
                                                        [len(v.tokens) for v in vocabs])  # index within the field
         self.usable = len(hashes) > 0 and len(np.unique(hashes)) == len(hashes)
-        self.columns = [c for c in s.input_columns() if c != s.user]
 
     def lookup(self, strings: pa.Array, fields: np.ndarray) -> np.ndarray:
         """Ids of canonical strings (a pa.string() array without nulls), `fields[i]` naming each one's field."""
