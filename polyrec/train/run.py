@@ -16,7 +16,7 @@ from typing import Any
 from polyrec.balance import balancer_for_heads
 from polyrec.config import RunConfig
 from polyrec.data.batching import TensorTable
-from polyrec.data.encoders import Encoders
+from polyrec.data.encoders import Encoders, HashedVocabulary
 from polyrec.errors import PolyrecError
 from polyrec.layers.sequence import resolve_sequence_encoders
 from polyrec.models import build_model
@@ -60,7 +60,9 @@ class CTRKind(RunKind):
         n_params = sum(p.numel() for p in model.parameters())
         log(f"model {cfg.model.name}: {n_params:,} parameters; heads {[h.name for h in model.heads]}")
         enc = prepared.encoders
-        oov_columns = [name in enc.vocabularies for name in enc.categorical_fields]
+        # oov_dropout trains the OOV row of stored vocabularies; a hashed field has none (its id 1 means null)
+        oov_columns = [name in enc.vocabularies and not isinstance(enc.vocabularies[name], HashedVocabulary)
+                       for name in enc.categorical_fields]
         evaluate = table_evaluator(model, tables["val"], cfg.train.eval_batch_size, spec.scenario_names)
         trainer = Trainer(model, cfg.train, balancer, evaluate, run_dir, log, oov_columns=oov_columns)
         return Built(model, trainer, tables["train"], cfg.train, {
