@@ -185,17 +185,25 @@ def train(
 
         validate_config(cfg)  # fail fast on unknown names, before any data work
         if out is None:
+            from polyrec.train.distributed import env_world
+
+            if env_world().active:  # each process would stamp its own folder name
+                raise PolyrecError("Multi-process training (torchrun) needs --out RUN_DIR, the one folder all "
+                                   "processes share.")
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             name = cfg.data.dataset if cfg.data.files is None else Path(cfg.data.files.main).stem.split(".")[0]
             out = Path("runs") / f"{name}-{cfg.model.name}-{stamp}"
-    console.print(f"run folder: {out}")
+    from polyrec.train.distributed import env_world
+
+    say = console.print if env_world().is_main else (lambda *a, **k: None)  # torchrun: process 0 speaks
+    say(f"run folder: {out}")
     result = train_run(cfg, out, resume=resume, log=console.print,
                        progress_factory=_progress_factory(cfg.train.progress and not quiet))
     m = result.metrics
-    console.print(f"best epoch {m['best_epoch']} of {m['epochs_run']} (val {m['monitor']} = {m['best_val_monitor']:.4f})")
+    say(f"best epoch {m['best_epoch']} of {m['epochs_run']} (val {m['monitor']} = {m['best_val_monitor']:.4f})")
     table = topk_table if cfg.kind == "topk" else metrics_table
-    console.print(table(m["test"], f"{m['dataset']} / {m['model']}: test metrics"))
-    console.print(f"saved: {out}/metrics.json, {out}/model.safetensors")
+    say(table(m["test"], f"{m['dataset']} / {m['model']}: test metrics"))
+    say(f"saved: {out}/metrics.json, {out}/model.safetensors")
 
 
 @app.command()

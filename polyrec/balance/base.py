@@ -29,6 +29,9 @@ class Balancer:
     """
 
     Params: ClassVar[type[BalancerParams]] = BalancerParams
+    # computes each task's gradient itself (torch.autograd.grad) and combines them: its result depends on the
+    # rows one process sees, so multi-process training (polyrec.train.distributed) refuses it
+    per_task_gradients: ClassVar[bool] = False
 
     def __init__(self, task_names: Sequence[str], params: BalancerParams,
                  task_kinds: Sequence[str] | None = None) -> None:

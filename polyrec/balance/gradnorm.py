@@ -68,6 +68,7 @@ def last_shared_layer(shared: Sequence[nn.Parameter]) -> list[nn.Parameter]:
 
 @register_balancer("gradnorm")
 class GradNormBalancer(Balancer):
+    per_task_gradients = True
     Params = GradNormParams
 
     def __init__(self, task_names, params: GradNormParams, task_kinds=None) -> None:

@@ -53,6 +53,7 @@ class MetaBalanceParams(BalancerParams):
 
 @register_balancer("metabalance")
 class MetaBalanceBalancer(Balancer):
+    per_task_gradients = True
     Params = MetaBalanceParams
 
     def __init__(self, task_names, params: MetaBalanceParams, task_kinds=None) -> None:

@@ -46,6 +46,7 @@ def project_conflicts(g: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
 
 @register_balancer("pcgrad")
 class PCGradBalancer(Balancer):
+    per_task_gradients = True
     Params = PCGradParams
 
     def __init__(self, task_names, params: PCGradParams, task_kinds=None) -> None:

@@ -59,8 +59,21 @@ class TensorTable:
         return batch, pick(self.labels)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+        share: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """`share=(k, K)`: process k of K takes rows k, k+K, ... of every global batch of the (shared) epoch
+        permutation, and skips a last batch with fewer than K rows (multi-process training)."""
+        if share is not None and share[1] > 1:
+            if not shuffle:
+                raise ValueError("a share of the batches is for shuffled training epochs")
+            k, size = share
+            perm = torch.randperm(self.n, generator=generator).to(self.scenario.device)
+            for start in range(0, self.n, batch_size):
+                idx = perm[start:start + batch_size]
+                if len(idx) >= size:
+                    yield self.take(idx[k::size])
+            return
         if shuffle:
             perm = torch.randperm(self.n, generator=generator).to(self.scenario.device)
             for start in range(0, self.n, batch_size):

@@ -24,6 +24,7 @@ Run folder layout (both kinds):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import random
@@ -38,10 +39,12 @@ import numpy as np
 import torch
 
 from polyrec import __version__
-from polyrec.balance import balancer_params
+from polyrec.balance import BALANCERS, balancer_params
+from polyrec.balance.base import resolve_name
 from polyrec.config import RunConfig, TrainConfig, check_device
 from polyrec.data.prepare import get_recipe
 from polyrec.errors import PolyrecError
+from polyrec.train import distributed
 from polyrec.train.rundir import check_run_dir, claim, write_run_files
 from polyrec.train.tracking import chain_callbacks, make_tracker
 from polyrec.train.trainer import Trainer
@@ -75,9 +78,15 @@ class Built:
 class RunKind(ABC):
     name: ClassVar[str]
     warm_starts: ClassVar[bool] = False  # honours train.init_from (continual re-training; CTR-style runs only)
+    multi_process: ClassVar[bool] = False  # trains under torchrun (polyrec.train.distributed; CTR-style runs only)
 
     def validate(self, cfg: RunConfig) -> None:
         """Unknown names, bad parameters and a device this machine lacks fail here, before any folder or data."""
+        if distributed.env_world().active:  # under torchrun
+            if not self.multi_process:
+                raise PolyrecError(f"{self.name} runs train in one process; multi-process training (torchrun) is "
+                                   "for CTR-style runs. Start it without torchrun.")
+            distributed.check_balancer(BALANCERS.get(resolve_name(cfg.train.balance)))
         if cfg.train.init_from is not None and not self.warm_starts:
             raise PolyrecError(f"train.init_from (--init-from) warm-starts CTR-style runs only; {self.name} runs "
                                "train from scratch: drop --init-from.")
@@ -144,32 +153,59 @@ def execute(kind: RunKind, cfg: RunConfig, run_dir: Path, resume: bool = False, 
             progress_factory: Callable[[int], Any] | None = None, download: bool = True,
             epoch_callback: EpochCallback | None = None, evaluate_test: bool = True) -> RunResult:
     """Train into `run_dir`, which this process holds (polyrec.train.rundir.claim) from the first check to
-    metrics.json. `evaluate_test=False` (tuning trials) never builds or scores the test split."""
+    metrics.json. `evaluate_test=False` (tuning trials) never builds or scores the test split.
+
+    Under torchrun every process runs this; process 0 claims, checks and writes the folder and prepares the
+    data first (the others then read it from the cache), see polyrec.train.distributed."""
     run_dir = Path(run_dir)
     kind.validate(cfg)  # unknown names: no folder is created
-    with claim(run_dir):
+    world = distributed.join(cfg.train.device)
+    if not world.is_main:
+        log = lambda s: None  # noqa: E731  (process 0 speaks for the run)
+    try:
+        with (claim(run_dir) if world.is_main else contextlib.nullcontext()):
+            return _execute(kind, cfg, run_dir, resume, log, progress_factory if world.is_main else None, download,
+                            epoch_callback, evaluate_test, world)
+    finally:
+        distributed.leave()
+
+
+def _execute(kind: RunKind, cfg: RunConfig, run_dir: Path, resume: bool, log: Callable[[str], None],
+             progress_factory: Callable[[int], Any] | None, download: bool, epoch_callback: EpochCallback | None,
+             evaluate_test: bool, world: distributed.World) -> RunResult:
+    if world.is_main:
         resume = check_run_dir(cfg, run_dir, resume, log)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        data = kind.prepare(cfg, download, log, evaluate_test)
-        seed_everything(cfg.train.seed)
-        built = kind.build(cfg, data, run_dir, log)
-        if not resume:
-            built.trainer.check_monitor()
+    resume = distributed.broadcast_flag(resume)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if not world.is_main:
+        distributed.barrier()  # process 0 prepares (and caches) the data first
+    data = kind.prepare(cfg, download, log, evaluate_test)
+    if world.is_main:
+        distributed.barrier()
+    seed_everything(cfg.train.seed)
+    built = kind.build(cfg, data, run_dir, log)
+    if not resume:
+        built.trainer.check_monitor()
+        if world.is_main:
             write_run_files(run_dir, cfg, built.spec, built.encoders)
+    tracker = None
+    if world.is_main:
         tracker = make_tracker(cfg.model_copy(update={"train": built.train_cfg}), run_dir, log, resume=resume,
                                params=built.params)
-        t0 = time.perf_counter()
-        try:
-            fit = built.trainer.fit(built.train_table, resume=resume, progress_factory=progress_factory,
-                                    epoch_callback=chain_callbacks(tracker, epoch_callback))
-        finally:
-            if tracker is not None:
-                tracker.close()
-        metrics = kind.evaluate(cfg, built, data, ("val", "test") if evaluate_test else ("val",))
-        dataset, rows, notes = kind.describe(data)
-        result = run_summary(dataset, cfg, built.train_cfg.monitor, fit, built.n_params, t0, rows, notes, metrics,
-                             **built.summary)
+    t0 = time.perf_counter()
+    try:
+        fit = built.trainer.fit(built.train_table, resume=resume, progress_factory=progress_factory,
+                                epoch_callback=chain_callbacks(tracker, epoch_callback))
+    finally:
+        if tracker is not None:
+            tracker.close()
+    metrics = kind.evaluate(cfg, built, data, ("val", "test") if evaluate_test else ("val",))
+    dataset, rows, notes = kind.describe(data)
+    result = run_summary(dataset, cfg, built.train_cfg.monitor, fit, built.n_params, t0, rows, notes, metrics,
+                         processes=world.size, **built.summary)
+    if world.is_main:
         kind.after_fit(cfg, built, data, run_dir)
         atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=1))
-        return RunResult(run_dir, result, fit.history)
+    distributed.barrier()  # metrics.json exists before any process returns
+    return RunResult(run_dir, result, fit.history)

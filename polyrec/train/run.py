@@ -35,6 +35,7 @@ class CTRKind(RunKind):
 
     name = "ctr"
     warm_starts = True
+    multi_process = True
 
     def validate_model(self, cfg: RunConfig) -> None:
         model_params(cfg.model.name, cfg.model.params())

@@ -24,6 +24,7 @@ from polyrec.errors import PolyrecError
 from polyrec.metrics.report import evaluate, flatten
 from polyrec.data.spec import Head
 from polyrec.models.base import MultiTaskModel, SharedParameters
+from polyrec.train import distributed
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from polyrec.train.losses import HeadLosses
 from polyrec.train.monitor import Monitor
@@ -39,17 +40,20 @@ STEP_LOG = "steps.jsonl"
 
 @torch.inference_mode()
 def predict_scores(model: MultiTaskModel, table: TensorTable, batch_size: int) -> np.ndarray:
-    """Scores [N, H] for every head: probabilities for binary heads, values for regression heads."""
+    """Scores [N, H] for every head: probabilities for binary heads, values for regression heads.
+
+    In a multi-process run each process scores its contiguous share and every process gets all N rows."""
     model.eval()
     binary = torch.tensor([h.kind == "binary" for h in model.heads])
-    out = np.empty((len(table), len(model.heads)), dtype=np.float32)
-    start = 0
-    for batch, _ in table.batches(batch_size):
+    world = distributed.current()
+    share = distributed.contiguous_share(len(table), world)
+    out = np.empty((share.stop - share.start, len(model.heads)), dtype=np.float32)
+    for start in range(share.start, share.stop, batch_size):
+        batch, _ = table.take(slice(start, min(start + batch_size, share.stop)))
         logits = model(batch).float().cpu()
         scores = torch.where(binary, torch.sigmoid(logits), logits)
-        out[start:start + len(batch)] = scores.numpy()
-        start += len(batch)
-    return out
+        out[start - share.start:start - share.start + len(batch)] = scores.numpy()
+    return distributed.gather_rows(out, len(table), world)
 
 
 def evaluate_table(model: MultiTaskModel, table: TensorTable, batch_size: int,
@@ -121,7 +125,16 @@ class Trainer:
         self.oov_columns = torch.tensor(oov_columns, dtype=torch.bool) if oov_columns is not None else None
         self.model, self.cfg, self.balancer, self.evaluate = model, cfg, balancer, evaluate
         self.run_dir = Path(run_dir) if run_dir else None
-        self.log = log
+        self.world = distributed.current()
+        self.writes = self.run_dir is not None and self.world.is_main  # process 0 alone writes the run folder
+        self.log = log if self.world.is_main else (lambda s: None)
+        self.forward = model
+        if self.world.active:  # gradients averaged over processes in backward (polyrec.train.distributed)
+            distributed.check_balancer(balancer)
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: some models leave parameters out of a step (a scenario's tower, a gate)
+            self.forward = DistributedDataParallel(model, find_unused_parameters=True)
         self.losses = HeadLosses(model.heads, model.task_names, per_scenario=cfg.loss_reduction == "scenario_task")
         self.optimizer = build_optimizer(model, cfg, balancer.parameters())
         self.shared = SharedParameters(model.shared_parameters(), model.last_shared_layer())
@@ -158,13 +171,15 @@ class Trainer:
         window, n_batches, steps = 0, 0, []
         t0 = time.perf_counter()
         oov_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch + 7919) if cfg.oov_dropout else None
-        for batch, labels in table.batches(cfg.batch_size, shuffle=True, generator=gen):
+        share = {"share": (self.world.rank, self.world.size)} if self.world.active else {}
+        for batch, labels in table.batches(cfg.batch_size, shuffle=True, generator=gen, **share):
             if oov_gen is not None and isinstance(batch, Batch):
                 batch = oov_dropout(batch, cfg.oov_dropout, oov_gen, self.oov_columns)
-            logits = model(batch)
+            logits = self.forward(batch)
             losses = self.losses(logits, labels, batch.scenario)
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.backward(losses, model.extra_loss(logits, labels), self.shared)
+            distributed.average_gradients(self.balancer.parameters())
             self.optimizer.step()
             detached = losses.detach()
             epoch_sum += detached
@@ -187,8 +202,9 @@ class Trainer:
                     done = min(n_batches * cfg.batch_size, len(table))
                     progress(n_batches, sum(mean), done / (time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
-        self.balancer.epoch_end(epoch, epoch_sum / max(n_batches, 1))
-        mean = (epoch_sum / max(n_batches, 1)).tolist()
+        epoch_mean = distributed.mean_over_processes(epoch_sum / max(n_batches, 1))  # the same on every process
+        self.balancer.epoch_end(epoch, epoch_mean)
+        mean = epoch_mean.tolist()
         if not all(math.isfinite(v) for v in mean):
             raise PolyrecError(f"Training diverged in epoch {epoch}: loss {mean}. Try a lower learning rate.")
         stats = {"train_loss": dict(zip(self.losses.names, mean)), "train_seconds": seconds,
@@ -219,7 +235,7 @@ class Trainer:
                 raise PolyrecError(f"{self._path(CHECKPOINT)} does not fit this model and optimiser ({first}): it was "
                                    "written by another polyrec version or for other settings. Train into a new --out, "
                                    "or delete checkpoint.pt and start again without --resume.") from None
-            torch.set_rng_state(ckpt["rng"])
+            self._restore_rng(ckpt)
             best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
             bad, step, start_epoch = ckpt["bad_epochs"], ckpt["step"], ckpt["epoch"] + 1
             history = json.loads(ckpt["history"])
@@ -263,10 +279,12 @@ class Trainer:
                 f"{stats['train_samples_per_s']:,.0f} samples/s  val {cfg.monitor} {monitored:.4f}"
                 + ("  *" if improved else "")
             )
-            if self.run_dir is not None:
+            rng_states = distributed.all_rng_states()  # every process takes part, process 0 writes
+            if self.writes:
                 save_checkpoint({
                     "model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "balancer": self.balancer.state_dict(), "rng": torch.get_rng_state(),
+                    "balancer": self.balancer.state_dict(), "rng": rng_states[0],
+                    "rng_per_process": rng_states,
                     "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch,
                     "bad_epochs": bad, "step": step, "epoch": epoch, "finished": False,
                     "history": json.dumps(history), "step_log": json.dumps(step_log),
@@ -279,11 +297,20 @@ class Trainer:
                 self.log(f"early stop: no improvement of {cfg.monitor} for {cfg.patience} epochs")
         # always finish on the best weights, whether or not early stopping fired
         model.load_state_dict(best_state)
-        if self.run_dir is not None:
+        if self.writes:
             save_weights(best_state, self._path(WEIGHTS))
             self._write_logs(history, step_log)
         return FitResult(history, best_epoch, self.monitor.sign * best_score, stopped_early, step_log,
                          prior_wall, sessions)
+
+    def _restore_rng(self, ckpt: dict[str, Any]) -> None:
+        """This process's RNG state; a multi-process checkpoint must be resumed by as many processes."""
+        states = ckpt.get("rng_per_process", [ckpt["rng"]])
+        if len(states) != self.world.size:
+            raise PolyrecError(f"{self._path(CHECKPOINT)} was written by {len(states)} training process(es); "
+                               f"resume it with the same number (torchrun --nproc_per_node {len(states)}), "
+                               f"not {self.world.size}.")
+        torch.set_rng_state(states[self.world.rank])
 
     def _path(self, name: str) -> Path:
         assert self.run_dir is not None
