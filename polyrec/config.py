@@ -154,6 +154,11 @@ class TrainConfig(_Strict):
     seed: int = 42
     threads: int | None = Field(None, ge=1)
     device: str = "cpu"  # cpu, cuda, cuda:N or mps; availability is checked by check_device() before a run
+    # bf16: forward passes under torch.autocast(bfloat16); losses, metrics and the stored weights stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # on an accelerator: the splits' tensors on the device (true), in pinned host memory copied per batch (false),
+    # or on the device when they take at most half its free memory (auto); see polyrec.train.device
+    split_on_device: bool | Literal["auto"] = "auto"
     balance: str = "auto"  # a balancer name; auto: the model's own (waata: metabalance), else sum
     balance_params: dict[str, Any] = Field(default_factory=dict)
     # task: a head's loss is the mean over the batch (scenarios pooled); scenario_task: the sum over scenarios

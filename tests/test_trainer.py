@@ -45,7 +45,7 @@ def script_validation(monkeypatch, scripted: list[float]) -> dict[int, dict[str,
         trained["epoch"] = epoch
         return out
 
-    def fake_validation(model, table, batch_size, scenario_names):
+    def fake_validation(model, table, batch_size, scenario_names, precision="fp32"):
         e = trained["epoch"]
         if e == 0:
             return {"heads": {}, "cells": {}, "overall": {"mean_auc": 0.5}}

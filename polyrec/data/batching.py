@@ -23,9 +23,10 @@ class Batch:
     def __len__(self) -> int:
         return self.scenario.shape[0]
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.categorical.to(device), self.numeric.to(device),
-                     {k: v.to(device) for k, v in self.sequences.items()}, self.scenario.to(device))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(move(self.categorical), move(self.numeric), {k: move(v) for k, v in self.sequences.items()},
+                     move(self.scenario))
 
 
 def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -35,12 +36,21 @@ def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 class TensorTable:
     """One split held as whole-column tensors (optionally on an accelerator)."""
 
-    def __init__(self, data: EncodedSplit, device: torch.device | str = "cpu") -> None:
-        self.categorical = _tensor(data.categorical, torch.int32).to(device)
-        self.numeric = _tensor(data.numeric, torch.float32).to(device)
-        self.sequences = {k: _tensor(v, torch.int32).to(device) for k, v in data.sequences.items()}
-        self.scenario = _tensor(data.scenario, torch.int64).to(device)
-        self.labels = _tensor(data.labels, torch.float32).to(device)
+    def __init__(self, data: EncodedSplit, device: torch.device | str = "cpu",
+                 deliver_to: torch.device | str | None = None, pin: bool = False) -> None:
+        """Tensors stored on `device`; batches delivered on `deliver_to` (default: `device`). Host storage for a
+        GPU model: `device="cpu", pin=True, deliver_to="cuda"` (each batch copied with non_blocking=True)."""
+        def put(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device)
+            return t.pin_memory() if pin else t
+
+        self.categorical = put(_tensor(data.categorical, torch.int32))
+        self.numeric = put(_tensor(data.numeric, torch.float32))
+        self.sequences = {k: put(_tensor(v, torch.int32)) for k, v in data.sequences.items()}
+        self.scenario = put(_tensor(data.scenario, torch.int64))
+        self.labels = put(_tensor(data.labels, torch.float32))
+        target = torch.device(deliver_to) if deliver_to is not None else self.scenario.device
+        self.deliver_to = None if target == self.scenario.device else target
         self.user = data.user
         self.cold = data.cold  # role -> bool [N] (numpy): only metrics read it
         self.n = len(data)
@@ -56,7 +66,10 @@ class TensorTable:
             pick = lambda t: t.index_select(0, idx)  # noqa: E731
         batch = Batch(pick(self.categorical), pick(self.numeric),
                       {k: pick(v) for k, v in self.sequences.items()}, pick(self.scenario))
-        return batch, pick(self.labels)
+        labels = pick(self.labels)
+        if self.deliver_to is not None:  # host storage, accelerator model: one copy per batch
+            return batch.to(self.deliver_to, non_blocking=True), labels.to(self.deliver_to, non_blocking=True)
+        return batch, labels
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,

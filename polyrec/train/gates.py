@@ -8,12 +8,14 @@ import torch
 
 from polyrec.data.batching import TensorTable
 from polyrec.models.base import MultiTaskModel
+from polyrec.train.device import autocast
 
 
 @torch.inference_mode()
 def gate_summary(model: MultiTaskModel, table: TensorTable, scenario_names: list[str],
-                 batch_size: int = 16384) -> dict[str, Any]:
-    """{gate_name: {"all": [[mean weight]] (G x E), "<scenario>": [[...]], ...}}; {} for gate-less models."""
+                 batch_size: int = 16384, precision: str = "fp32") -> dict[str, Any]:
+    """{gate_name: {"all": [[mean weight]] (G x E), "<scenario>": [[...]], ...}}; {} for gate-less models.
+    `precision`: the run's (bf16: forward passes under autocast, as in training and scoring)."""
     model.eval()
     model._gates = {}
     sums: dict[str, torch.Tensor] = {}
@@ -21,7 +23,8 @@ def gate_summary(model: MultiTaskModel, table: TensorTable, scenario_names: list
     try:
         for batch, _ in table.batches(batch_size):
             model._gates.clear()
-            model(batch)
+            with autocast(batch.scenario.device, precision):
+                model(batch)
             sc = batch.scenario.cpu()
             counts += torch.bincount(sc, minlength=len(scenario_names)).float()
             for name, w in model._gates.items():

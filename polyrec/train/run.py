@@ -22,6 +22,7 @@ from polyrec.layers.sequence import resolve_sequence_encoders
 from polyrec.models import build_model
 from polyrec.models.base import MultiTaskModel, get_model_class, model_params
 from polyrec.data.prepare import PreparedData, describe, prepare
+from polyrec.train.device import split_storage
 from polyrec.train.gates import gate_summary
 from polyrec.train.kind import Built, RunKind
 from polyrec.train.loaded import LoadedRun, load_run, rebuild_model  # noqa: F401  (re-exported: run folders' API)
@@ -49,7 +50,13 @@ class CTRKind(RunKind):
             base = old.encoders
         data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log, base_encoders=base)
         log(describe(data))
-        tables = {k: TensorTable(v, cfg.train.device) for k, v in data.splits.items() if evaluate_test or k != "test"}
+        kept = {k: v for k, v in data.splits.items() if evaluate_test or k != "test"}
+        nbytes = sum(a.nbytes for v in kept.values()
+                     for a in (v.categorical, v.numeric, v.scenario, v.labels, *v.sequences.values()))
+        storage, pin = split_storage(cfg.train.device, cfg.train.split_on_device, nbytes)
+        if storage != cfg.train.device:
+            log(f"splits ({nbytes / 2**20:,.0f} MiB) stay in pinned host memory, copied to {cfg.train.device} per batch")
+        tables = {k: TensorTable(v, storage, deliver_to=cfg.train.device, pin=pin) for k, v in kept.items()}
         return data, tables
 
     def build(self, cfg: RunConfig, data: Any, run_dir: Path, log: Callable[[str], None]) -> Built:
@@ -64,7 +71,8 @@ class CTRKind(RunKind):
         # oov_dropout trains the OOV row of stored vocabularies; a hashed field has none (its id 1 means null)
         oov_columns = [name in enc.vocabularies and not isinstance(enc.vocabularies[name], HashedVocabulary)
                        for name in enc.categorical_fields]
-        evaluate = table_evaluator(model, tables["val"], cfg.train.eval_batch_size, spec.scenario_names)
+        evaluate = table_evaluator(model, tables["val"], cfg.train.eval_batch_size, spec.scenario_names,
+                                   cfg.train.precision)
         trainer = Trainer(model, cfg.train, balancer, evaluate, run_dir, log, oov_columns=oov_columns)
         return Built(model, trainer, tables["train"], cfg.train, {
             "kind": self.name, "model": cfg.model.name, "embed_dim": cfg.model.embed_dim, "params": cfg.model.params(),
@@ -76,7 +84,8 @@ class CTRKind(RunKind):
     def evaluate(self, cfg: RunConfig, built: Built, data: Any, splits: tuple[str, ...]) -> dict[str, Any]:
         prepared, tables = data
         names = built.model.spec.scenario_names
-        return {s: evaluate_table(built.model, tables[s], cfg.train.eval_batch_size, names) for s in splits}
+        return {s: evaluate_table(built.model, tables[s], cfg.train.eval_batch_size, names, cfg.train.precision)
+                for s in splits}
 
     def describe(self, data: Any) -> tuple[str, Any, list[str]]:
         prepared, _ = data
@@ -86,7 +95,7 @@ class CTRKind(RunKind):
         _, tables = data
         if "test" in tables:
             gates = gate_summary(built.model, tables["test"], built.model.spec.scenario_names,
-                                 cfg.train.eval_batch_size)
+                                 cfg.train.eval_batch_size, cfg.train.precision)
             if gates:
                 atomic_write_text(run_dir / "gates.json", json.dumps(gates))
 

@@ -25,6 +25,7 @@ from polyrec.metrics.report import evaluate, flatten
 from polyrec.data.spec import Head
 from polyrec.models.base import MultiTaskModel, SharedParameters
 from polyrec.train import distributed
+from polyrec.train.device import autocast
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from polyrec.train.losses import HeadLosses
 from polyrec.train.monitor import Monitor
@@ -39,10 +40,11 @@ STEP_LOG = "steps.jsonl"
 
 
 @torch.inference_mode()
-def predict_scores(model: MultiTaskModel, table: TensorTable, batch_size: int) -> np.ndarray:
+def predict_scores(model: MultiTaskModel, table: TensorTable, batch_size: int, precision: str = "fp32") -> np.ndarray:
     """Scores [N, H] for every head: probabilities for binary heads, values for regression heads.
 
-    In a multi-process run each process scores its contiguous share and every process gets all N rows."""
+    In a multi-process run each process scores its contiguous share and every process gets all N rows.
+    `precision="bf16"`: forward passes under bfloat16 autocast, as the run trained (polyrec.train.device)."""
     model.eval()
     binary = torch.tensor([h.kind == "binary" for h in model.heads])
     world = distributed.current()
@@ -50,15 +52,17 @@ def predict_scores(model: MultiTaskModel, table: TensorTable, batch_size: int) -
     out = np.empty((share.stop - share.start, len(model.heads)), dtype=np.float32)
     for start in range(share.start, share.stop, batch_size):
         batch, _ = table.take(slice(start, min(start + batch_size, share.stop)))
-        logits = model(batch).float().cpu()
+        with autocast(batch.scenario.device, precision):
+            logits = model(batch)
+        logits = logits.float().cpu()
         scores = torch.where(binary, torch.sigmoid(logits), logits)
         out[start - share.start:start - share.start + len(batch)] = scores.numpy()
     return distributed.gather_rows(out, len(table), world)
 
 
 def evaluate_table(model: MultiTaskModel, table: TensorTable, batch_size: int,
-                   scenario_names: list[str]) -> dict[str, Any]:
-    scores = predict_scores(model, table, batch_size)
+                   scenario_names: list[str], precision: str = "fp32") -> dict[str, Any]:
+    scores = predict_scores(model, table, batch_size, precision)
     return evaluate(scores, table.labels.cpu().numpy(), model.heads, model.spec.task_names,
                     table.scenario.cpu().numpy(), scenario_names, table.user, table.cold)
 
@@ -100,9 +104,10 @@ class Trainable(Protocol):
 Evaluator = Callable[[], dict[str, float]]  # flat validation metrics of the model as it is now (the monitor reads them)
 
 
-def table_evaluator(model: MultiTaskModel, val: TensorTable, batch_size: int, scenario_names: list[str]) -> Evaluator:
+def table_evaluator(model: MultiTaskModel, val: TensorTable, batch_size: int, scenario_names: list[str],
+                    precision: str = "fp32") -> Evaluator:
     """Validation of a CTR-style model: AUC/LogLoss per head, scenario and cell on `val`."""
-    return lambda: flatten(evaluate_table(model, val, batch_size, scenario_names))
+    return lambda: flatten(evaluate_table(model, val, batch_size, scenario_names, precision))
 
 
 @dataclass
@@ -175,7 +180,9 @@ class Trainer:
         for batch, labels in table.batches(cfg.batch_size, shuffle=True, generator=gen, **share):
             if oov_gen is not None and isinstance(batch, Batch):
                 batch = oov_dropout(batch, cfg.oov_dropout, oov_gen, self.oov_columns)
-            logits = self.forward(batch)
+            with autocast(labels.device, cfg.precision):
+                logits = self.forward(batch)
+            logits = logits.float()  # losses in float32 whatever the forward's precision
             losses = self.losses(logits, labels, batch.scenario)
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.backward(losses, model.extra_loss(logits, labels), self.shared)
