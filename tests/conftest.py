@@ -55,3 +55,18 @@ def tiny_recipe(tiny_table_path, monkeypatch):
     recipe = TinyRecipe(tiny_table_path)
     monkeypatch.setitem(RECIPES, recipe.name, recipe)
     return recipe
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory):
+    """A folder with the tiny recipes' files (for subprocess tests through tests/tiny_cli.py), the recipes
+    registered in this process for the module."""
+    from helpers import register_tiny_recipes
+
+    from polyrec.data.recipe import RECIPES
+
+    folder = tmp_path_factory.mktemp("tiny-data")
+    recipes = register_tiny_recipes(folder)
+    yield folder
+    for name in recipes:
+        RECIPES.pop(name, None)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import register_tiny_recipes, run_cli
+from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLI = Path(__file__).resolve().parent / "tiny_cli.py"
@@ -129,15 +129,7 @@ CASES = [
 
 
 # --- sandbox ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory):
-    from polyrec.data.recipe import RECIPES
-
-    folder = tmp_path_factory.mktemp("tiny-data")
-    recipes = register_tiny_recipes(folder)
-    yield folder
-    for name in recipes:
-        RECIPES.pop(name, None)
+# tiny_data (conftest.py): a folder with the tiny recipes' files, the recipes registered for the module
 
 
 @pytest.fixture(scope="module")

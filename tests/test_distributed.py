@@ -17,24 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import register_tiny_recipes
-
 TINY_CLI = Path(__file__).resolve().parent / "tiny_cli.py"
 ARGS = ["--dataset", "tiny-synthetic", "--model", "mmoe", "--set", "model.embed_dim=4", "--set", "model.n_experts=2",
         "--set", "model.expert_dims=[16]", "--set", "model.tower_dims=[8]", "--set", "train.batch_size=128",
         "--set", "train.progress=false", "--set", "train.tensorboard=false", "--set", "train.threads=1",
         "--set", "train.patience=0", "--set", "train.oov_dropout=0"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory):
-    from polyrec.data.recipe import RECIPES
-
-    folder = tmp_path_factory.mktemp("tiny-data-dist")
-    names = register_tiny_recipes(folder)
-    yield folder
-    for name in names:
-        RECIPES.pop(name, None)
 
 
 def _cli(data: Path, *args: str, processes: int = 1) -> list[str]:
