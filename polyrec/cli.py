@@ -155,6 +155,7 @@ def train(
     Your own data: polyrec train --data events.csv --schema schema.yaml [--val v.csv --test t.csv]."""
     from polyrec.config import load_config
     from polyrec.runs import train_run
+    from polyrec.train.distributed import env_world
 
     if resume:
         if out is None:
@@ -185,16 +186,12 @@ def train(
 
         validate_config(cfg)  # fail fast on unknown names, before any data work
         if out is None:
-            from polyrec.train.distributed import env_world
-
             if env_world().active:  # each process would stamp its own folder name
                 raise PolyrecError("Multi-process training (torchrun) needs --out RUN_DIR, the one folder all "
                                    "processes share.")
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             name = cfg.data.dataset if cfg.data.files is None else Path(cfg.data.files.main).stem.split(".")[0]
             out = Path("runs") / f"{name}-{cfg.model.name}-{stamp}"
-    from polyrec.train.distributed import env_world
-
     say = console.print if env_world().is_main else (lambda *a, **k: None)  # torchrun: process 0 speaks
     say(f"run folder: {out}")
     result = train_run(cfg, out, resume=resume, log=console.print,

@@ -77,20 +77,17 @@ class TensorTable:
     ) -> Iterator[tuple[Batch, torch.Tensor]]:
         """`share=(k, K)`: process k of K takes rows k, k+K, ... of every global batch of the (shared) epoch
         permutation, and skips a last batch with fewer than K rows (multi-process training)."""
-        if share is not None and share[1] > 1:
-            if not shuffle:
-                raise ValueError("a share of the batches is for shuffled training epochs")
-            k, size = share
-            perm = torch.randperm(self.n, generator=generator).to(self.scenario.device)
-            for start in range(0, self.n, batch_size):
-                idx = perm[start:start + batch_size]
-                if len(idx) >= size:
-                    yield self.take(idx[k::size])
-            return
+        k, size = share if share is not None else (0, 1)
+        if size > 1 and not shuffle:
+            raise ValueError("a share of the batches is for shuffled training epochs")
         if shuffle:
             perm = torch.randperm(self.n, generator=generator).to(self.scenario.device)
             for start in range(0, self.n, batch_size):
-                yield self.take(perm[start:start + batch_size])
+                idx = perm[start:start + batch_size]
+                if size == 1:
+                    yield self.take(idx)
+                elif len(idx) >= size:
+                    yield self.take(idx[k::size])
         else:
             for start in range(0, self.n, batch_size):
                 yield self.take(slice(start, start + batch_size))

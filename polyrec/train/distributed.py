@@ -110,16 +110,18 @@ def gather_rows(part: np.ndarray, n: int, world: World) -> np.ndarray:
     """The whole n-row array from every process's contiguous share (see contiguous_share), on every process."""
     if not world.active:
         return part
-    sizes = [contiguous_share(n, World(r, world.size)).stop - contiguous_share(n, World(r, world.size)).start
-             for r in range(world.size)]
-    width = max(sizes)
-    backend_cuda = dist.get_backend() == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if backend_cuda else torch.device("cpu")
-    buf = torch.zeros((width, *part.shape[1:]), dtype=torch.from_numpy(part[:0]).dtype, device=device)
-    buf[:len(part)] = torch.from_numpy(part).to(device)
-    out = [torch.empty_like(buf) for _ in range(world.size)]
-    dist.all_gather(out, buf)
-    return np.concatenate([o[:s].cpu().numpy() for o, s in zip(out, sizes)])
+    shares = [contiguous_share(n, World(r, world.size)) for r in range(world.size)]
+    buf = torch.zeros((max(s.stop - s.start for s in shares), *part.shape[1:]), dtype=torch.from_numpy(part).dtype)
+    buf[:len(part)] = torch.from_numpy(part)
+    return np.concatenate([g[:s.stop - s.start].numpy() for g, s in zip(_all_gather(buf), shares)])
+
+
+def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every process's copy of the CPU tensor `t` (same shape everywhere), in rank order, on the CPU."""
+    dev = _comm_device()  # nccl moves device tensors only
+    out = [torch.empty_like(t, device=dev) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.to(dev))
+    return [o.cpu() for o in out]
 
 
 def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
@@ -145,17 +147,7 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
 def all_rng_states() -> list[torch.Tensor]:
     """Every process's CPU RNG state, in rank order (one list on every process)."""
     state = torch.get_rng_state()
-    world = current()
-    if not world.active:
-        return [state]
-    out = [torch.empty_like(state) for _ in range(world.size)]
-    if dist.get_backend() == "nccl":  # nccl moves device tensors only
-        dev = _comm_device()
-        moved = [o.to(dev) for o in out]
-        dist.all_gather(moved, state.to(dev))
-        return [m.cpu() for m in moved]
-    dist.all_gather(out, state)
-    return out
+    return _all_gather(state) if current().active else [state]
 
 
 def broadcast_flag(value: bool) -> bool:
