@@ -103,6 +103,13 @@ class DataConfig(_Strict):
     # replace the schema's tasks: names of schema tasks, or task specs such as
     # {name: rating, type: regression} or {name: like_if_click, column: like, space: click}
     tasks: list[str | dict[str, Any]] | None = None
+    # larger-than-memory logs (polyrec.data.chunked): read your own Parquet files this many rows at a time, in two
+    # passes; the splits' columns are then read from memory maps and training shuffles by blocks
+    chunk_rows: int | None = Field(None, ge=1)
+    # chunked training: rows read together (a contiguous block), and rows shuffled together (random blocks); a
+    # window at least the split's size is a full shuffle
+    block_rows: int = Field(4096, ge=1)
+    shuffle_window_rows: int = Field(1 << 20, ge=1)
 
     @model_validator(mode="after")
     def _files_source(self) -> "DataConfig":

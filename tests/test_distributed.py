@@ -162,3 +162,17 @@ def test_torchrun_without_out_is_one_clear_error(tiny_data, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     code, _, err = run_cli("train", *ARGS)
     assert code == 2 and "needs --out" in err
+
+
+def test_sparse_embedding_gradients_are_averaged_like_dense_ones(tiny_data, tmp_path):
+    """Large vocabularies get sparse embedding gradients (train.sparse_embeddings=auto); DDP must be built knowing
+    which tables are sparse, or its dense buckets cannot take their gradients."""
+    sparse = ("--set", "train.sparse_embeddings=true")
+    one = _train(tiny_data, tmp_path / "one", "--epochs", "2", *sparse)
+    two = _train(tiny_data, tmp_path / "two", "--epochs", "2", *sparse, processes=2)
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert two.returncode == 0, two.stdout + two.stderr
+    single, multi = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    for head, m in single["test"]["heads"].items():
+        assert abs(multi["test"]["heads"][head]["auc"] - m["auc"]) < 1e-6, head
+        assert abs(multi["test"]["heads"][head]["logloss"] - m["logloss"]) < 1e-6, head

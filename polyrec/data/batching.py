@@ -77,20 +77,113 @@ class TensorTable:
     ) -> Iterator[tuple[Batch, torch.Tensor]]:
         """`share=(k, K)`: process k of K takes rows k, k+K, ... of every global batch of the (shared) epoch
         permutation, and skips a last batch with fewer than K rows (multi-process training)."""
-        k, size = share if share is not None else (0, 1)
-        if size > 1 and not shuffle:
+        if share is not None and share[1] > 1 and not shuffle:
             raise ValueError("a share of the batches is for shuffled training epochs")
         if shuffle:
-            perm = torch.randperm(self.n, generator=generator).to(self.scenario.device)
-            for start in range(0, self.n, batch_size):
-                idx = perm[start:start + batch_size]
-                if size == 1:
-                    yield self.take(idx)
-                elif len(idx) >= size:
-                    yield self.take(idx[k::size])
+            yield from self.batches_in(torch.randperm(self.n, generator=generator), batch_size, share)
         else:
             for start in range(0, self.n, batch_size):
                 yield self.take(slice(start, start + batch_size))
 
+    def batches_in(self, order: torch.Tensor, batch_size: int, share: tuple[int, int] | None = None
+                   ) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """Consecutive batches of the rows `order` names (see `batches` for `share`)."""
+        k, size = share if share is not None else (0, 1)
+        order = order.to(self.scenario.device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if size == 1:
+                yield self.take(idx)
+            elif len(idx) >= size:
+                yield self.take(idx[k::size])
+
+    def label_array(self) -> np.ndarray:
+        return self.labels.cpu().numpy()
+
+    def scenario_array(self) -> np.ndarray:
+        return self.scenario.cpu().numpy()
+
     def num_batches(self, batch_size: int) -> int:
         return (self.n + batch_size - 1) // batch_size
+
+
+def _rows(data: EncodedSplit, idx: np.ndarray | slice) -> EncodedSplit:
+    """The rows `idx` of a split, in memory (a read when the columns are memory maps)."""
+    pick = lambda a: np.asarray(a[idx])  # noqa: E731
+    return EncodedSplit(pick(data.categorical), pick(data.numeric), {k: pick(v) for k, v in data.sequences.items()},
+                        pick(data.scenario), pick(data.labels), None if data.user is None else pick(data.user),
+                        {k: pick(v) for k, v in data.cold.items()})
+
+
+def _concat(a: EncodedSplit, b: EncodedSplit) -> EncodedSplit:
+    cat = lambda x, y: np.concatenate([x, y])  # noqa: E731
+    return EncodedSplit(cat(a.categorical, b.categorical), cat(a.numeric, b.numeric),
+                        {k: cat(v, b.sequences[k]) for k, v in a.sequences.items()}, cat(a.scenario, b.scenario),
+                        cat(a.labels, b.labels), None if a.user is None else cat(a.user, b.user),
+                        {k: cat(v, b.cold[k]) for k, v in a.cold.items()})
+
+
+class BlockTable:
+    """One split read from its memory-mapped columns (a chunked cache entry): memory holds one shuffle window.
+
+    A shuffled epoch permutes the split's blocks of `block_rows` contiguous rows, reads `window_rows` worth of them
+    at a time (sorted, so reads go forward) and permutes the rows within the window; rows left over when a window
+    does not fill a whole last batch join the next window, so every batch but the epoch's last is full and all
+    processes of a multi-process run see the same global batches. A window at least the split's size is a full
+    shuffle; what a smaller one costs is measured in benchmarks/scale.py."""
+
+    def __init__(self, data: EncodedSplit, block_rows: int = 4096, window_rows: int = 1 << 20,
+                 deliver_to: torch.device | str = "cpu") -> None:
+        self.data, self.n = data, len(data)
+        self.block, self.window = block_rows, max(window_rows, block_rows)
+        self.deliver_to = torch.device(deliver_to)
+        self.pin = self.deliver_to.type == "cuda"
+        self.user, self.cold = data.user, data.cold
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _table(self, rows: EncodedSplit) -> TensorTable:
+        return TensorTable(rows, "cpu", deliver_to=self.deliver_to, pin=self.pin)
+
+    def take(self, idx: slice) -> tuple[Batch, torch.Tensor]:
+        return self._table(_rows(self.data, idx)).take(slice(None))
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+        share: tuple[int, int] | None = None,
+    ) -> Iterator[tuple[Batch, torch.Tensor]]:
+        if not shuffle:
+            if share is not None and share[1] > 1:
+                raise ValueError("a share of the batches is for shuffled training epochs")
+            for start in range(0, self.n, batch_size):
+                yield self.take(slice(start, start + batch_size))
+            return
+        n_blocks = -(-self.n // self.block)
+        order = torch.randperm(n_blocks, generator=generator).numpy()
+        per_window = max(1, self.window // self.block)
+        carry: EncodedSplit | None = None
+        for first in range(0, n_blocks, per_window):
+            blocks = np.sort(order[first:first + per_window])
+            starts = blocks * self.block
+            lengths = np.minimum(starts + self.block, self.n) - starts
+            idx = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())
+            rows = _rows(self.data, idx)
+            rows = rows if carry is None else _concat(carry, rows)
+            perm = torch.randperm(len(rows), generator=generator)
+            last = first + per_window >= n_blocks
+            full = len(rows) if last else len(rows) // batch_size * batch_size
+            yield from self._table(rows).batches_in(perm[:full], batch_size, share)
+            carry = None if last else _rows(rows, perm[full:].numpy())
+
+    def num_batches(self, batch_size: int) -> int:
+        return (self.n + batch_size - 1) // batch_size
+
+    def label_array(self) -> np.ndarray:
+        return np.asarray(self.data.labels)
+
+    def scenario_array(self) -> np.ndarray:
+        return np.asarray(self.data.scenario)
+
+
+SplitTable = TensorTable | BlockTable  # what training, evaluation and prediction read a split from

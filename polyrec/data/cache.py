@@ -49,18 +49,21 @@ def write_cache(
     """Write encoders, columns and metadata as one atomic directory. `extra` maps file name -> writer(path)."""
 
     def build(tmp: Path) -> None:
-        (tmp / "encoders.json").write_text(json.dumps(encoders.to_dict()))
-        rows = {}
         for split, data in splits.items():
             (tmp / split).mkdir()
             for name, col in data.columns().items():
                 np.save(tmp / split / f"{name}.npy", np.ascontiguousarray(col))
-            rows[split] = len(data)
         for fname, writer in (extra or {}).items():
             writer(tmp / fname)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "rows": rows, "format": FORMAT_VERSION}, indent=1))
+        write_entry_files(tmp, encoders, {split: len(data) for split, data in splits.items()}, meta)
 
     atomic_directory(entry, build)
+
+
+def write_entry_files(tmp: Path, encoders: Encoders, rows: dict[str, int], meta: dict[str, Any]) -> None:
+    """encoders.json and, last, meta.json (whose presence marks an entry complete) into an entry being built."""
+    (tmp / "encoders.json").write_text(json.dumps(encoders.to_dict()))
+    (tmp / "meta.json").write_text(json.dumps({**meta, "rows": rows, "format": FORMAT_VERSION}, indent=1))
 
 
 def read_cache(entry: Path) -> tuple[Encoders, dict[str, EncodedSplit], dict[str, Any]]:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 
-from polyrec.data.prepare import build_tables, fit_encode, raw_splits, split_stats
+from polyrec.data.prepare import build_tables, fit_encode, raw_splits
+from polyrec.data.stats import split_stats
 
 if TYPE_CHECKING:
     from polyrec.config import DataConfig

@@ -58,8 +58,13 @@ class Vocabulary:
     @classmethod
     def fit(cls, values: Column, min_freq: int = 1, reserved: tuple[str, ...] = (PAD, OOV)) -> "Vocabulary":
         counts = pc.value_counts(as_strings(values))
-        vals = counts.field("values").to_pylist()
-        cnts = counts.field("counts").to_numpy()
+        return cls.from_counts(counts.field("values").to_pylist(), counts.field("counts").to_numpy(), min_freq,
+                               reserved)
+
+    @classmethod
+    def from_counts(cls, vals: list[str], cnts: np.ndarray, min_freq: int = 1,
+                    reserved: tuple[str, ...] = (PAD, OOV)) -> "Vocabulary":
+        """From distinct canonical strings and their training counts (a whole column's or summed chunk counts)."""
         keep = [(int(c), v) for v, c in zip(vals, cnts) if c >= min_freq]
         keep.sort(key=lambda cv: (-cv[0], cv[1]))  # deterministic: frequent first, then by value
         return cls([v for _, v in keep], tuple(reserved))
@@ -138,8 +143,14 @@ class HashedVocabulary:
     def fit(cls, values: Column, buckets: int) -> "HashedVocabulary":
         uniq = pc.unique(as_strings(values))
         uniq = uniq.filter(pc.not_equal(uniq, NULL_TOKEN))
-        occupied = len(np.unique(fnv1a64(uniq) % np.uint64(buckets)))
-        return cls(buckets, collisions=len(uniq) - occupied, distinct=len(uniq))
+        return cls.from_hashes(np.unique(fnv1a64(uniq)), buckets)
+
+    @classmethod
+    def from_hashes(cls, hashes: np.ndarray, buckets: int) -> "HashedVocabulary":
+        """From the distinct 64-bit hashes of the training ids (distinct ids = distinct hashes: a 64-bit collision
+        among 10^9 ids has probability ~3e-2, and would only change the collision count)."""
+        occupied = len(np.unique(hashes % np.uint64(buckets)))
+        return cls(buckets, collisions=len(hashes) - occupied, distinct=len(hashes))
 
     @property
     def oov_id(self) -> int:
@@ -233,7 +244,7 @@ class NumericScaler:
         return ((x - self.shift) / self.scale).astype(np.float32)
 
 
-def _token_lists(values: Column, sep: str) -> pa.ListArray:
+def token_lists(values: Column, sep: str) -> pa.ListArray:
     """A sequence column as a flat list array (strings are split on `sep`; '' is an empty list)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
@@ -261,11 +272,11 @@ class SequenceEncoder:
 
     @classmethod
     def fit(cls, values: Column, spec: SequenceFeature) -> "SequenceEncoder":
-        flat = pc.list_flatten(_token_lists(values, spec.sep))
+        flat = pc.list_flatten(token_lists(values, spec.sep))
         return cls(spec, Vocabulary.fit(flat, spec.min_freq))
 
     def transform(self, values: Column) -> np.ndarray:
-        lists = _token_lists(values, self.spec.sep)
+        lists = token_lists(values, self.spec.sep)
         n, max_len = len(lists), self.spec.max_len
         offsets = lists.offsets.to_numpy().astype(np.int64)
         offsets = offsets - offsets[0]

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from polyrec.data.encoders import (Column, Encoders, HashedVocabulary, SequenceEncoder, Vocabulary, _token_lists,
+from polyrec.data.encoders import (Column, Encoders, HashedVocabulary, SequenceEncoder, Vocabulary, token_lists,
                                    as_strings)
 from polyrec.data.schema import Schema
 from polyrec.errors import PolyrecError
@@ -65,7 +65,7 @@ def grow_encoders(base: Encoders, schema: Schema, train: pa.Table) -> Encoders:
         if f.vocab is not None:
             sequences[f.name] = SequenceEncoder(f, vocabularies[f.vocab])
         else:
-            flat = pc.list_flatten(_token_lists(train[f.source], f.sep))
+            flat = pc.list_flatten(token_lists(train[f.source], f.sep))
             sequences[f.name] = SequenceEncoder(f, grow_vocabulary(base.sequences[f.name].vocab, flat, f.min_freq))
     scenario = base.scenario
     if schema.scenario is not None and base.scenario is not None:

@@ -13,16 +13,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from polyrec.data.chunked import ChunkReader, build_chunked, check_chunked
 from polyrec.data.cache import cache_key, file_fingerprint, is_complete, read_cache, write_cache
 from polyrec.data.columns import time_values
 from polyrec.data.derive import derive_rows, finish_rows, histories_across, transform_raw
 from polyrec.data.coldstart import cold_columns, cold_start_split
-from polyrec.data.encoders import UNKNOWN_SCENARIO, EncodedSplit, Encoders, HashedVocabulary, as_strings
+from polyrec.data.encoders import EncodedSplit, Encoders, as_strings
 from polyrec.data.schema import Schema
 from polyrec.data.split import (global_temporal_split, kfold_split, leave_last_out_split, random_split,
                                 temporal_split)
 from polyrec.data.recipe import RECIPES, Recipe
 from polyrec.data.spec import ModelSpec, TaskInfo
+from polyrec.data.stats import data_notes, hash_notes, positive_rates, split_stats, stats_line
 from polyrec.errors import PolyrecError, unknown_name
 from polyrec.settings import cache_dir, data_dir
 
@@ -154,48 +156,6 @@ def split_table(recipe: Recipe, raw_table: pa.Table, cfg: DataConfig, seed: int,
     return {k: raw_table.take(v) for k, v in idx.items()}
 
 
-def split_stats(encoders: Encoders, table: pa.Table, encoded: EncodedSplit) -> dict[str, Any]:
-    """What encoding did to a split: OOV ids per field, rows of an unseen scenario, NaN filled per numeric."""
-    s = encoders.schema
-    n = len(encoded)
-    oov = {f.name: int((encoded.categorical[:, i] == encoders.vocabularies[f.name].oov_id).sum())
-           for i, f in enumerate(s.categorical)}
-    nan = {}
-    for f in s.numeric:
-        col = table[f.source]
-        bad = col.null_count
-        if pa.types.is_floating(col.type):
-            bad += int(pc.sum(pc.is_nan(col)).as_py() or 0)
-        nan[f.name] = int(bad)
-    for f in s.vectors:  # missing vectors (null rows), filled with the training mean vector
-        nan[f.name] = int(table[f.source].null_count)
-    out: dict[str, Any] = {"rows": n, "oov": oov, "nan_filled": nan}
-    if s.scenario is not None:
-        out["unknown_scenario"] = int((encoded.scenario == 0).sum())
-    return out
-
-
-def hash_notes(encoders: Encoders) -> list[str]:
-    """One line per hashed categorical feature: how many training ids share a bucket with another."""
-    out = []
-    for f in encoders.schema.categorical:
-        v = encoders.vocabularies[f.name]
-        if isinstance(v, HashedVocabulary):
-            out.append(f"{f.name}: {v.distinct} distinct training ids hashed into {v.buckets} buckets, "
-                       f"{v.collisions} collisions ({100 * v.collisions / max(v.distinct, 1):.1f}% of the ids)")
-    return out
-
-
-def _stats_line(name: str, st: dict[str, Any]) -> str:
-    n = max(st["rows"], 1)
-    parts = [f"{name}: {st['rows']} rows"]
-    if "unknown_scenario" in st:
-        parts.append(f"unknown scenario {st['unknown_scenario']}")
-    parts += [f"NaN filled {k} {v}" for k, v in st["nan_filled"].items() if v]
-    parts += [f"OOV {k} {v} ({100 * v / n:.1f}%)" for k, v in st["oov"].items() if v]
-    return "; ".join(parts)
-
-
 def build_tables(cfg: DataConfig, seed: int, download: bool = True, log: Callable[[str], None] = print,
                  kind: str = "ctr") -> tuple[Recipe, Schema, dict[str, Path], str]:
     """Schema, source and split checks, then the located files; nothing is read yet."""
@@ -281,33 +241,33 @@ def prepare(cfg: DataConfig, seed: int = 42, download: bool = True, log: Callabl
         parts["source"] = cfg.files.model_dump(mode="json")
     if base_encoders is not None:  # (only then: other keys stay as they were)
         parts["base_encoders"] = cache_key(base_encoders.to_dict())
+    if cfg.chunk_rows is not None:  # (only then: other keys stay as they were; the content is chunk-size free)
+        check_chunked(cfg, schema, method, base_encoders is not None)
+        parts["chunked"] = True
     key = cache_key(parts)
     entry = cache_dir() / f"{recipe.name}-{key}"
+    if cfg.chunk_rows is not None and not is_complete(entry):
+        log(f"{recipe.name}: encoding into {entry}, {cfg.chunk_rows} rows at a time")
+        reader = ChunkReader(cfg.files, schema, cfg.chunk_rows, cfg.ratios, split_seed)
+
+        def finish(encoders: Encoders, stats: dict[str, Any], means: dict[str, np.ndarray]) -> dict[str, Any]:
+            return {"notes": [f"chunked: {cfg.chunk_rows} rows per chunk, per-row hash split"] + hash_notes(encoders)
+                    + data_notes(schema, stats, means, log), "positives": positive_rates(schema, means), "stats": stats}
+
+        build_chunked(entry, reader, {"dataset": recipe.name, "split": method, "ratios": list(cfg.ratios),
+                                      "split_seed": split_seed, "files": {k: str(p) for k, p in files.items()},
+                                      "schema": schema.model_dump(mode="json"), "chunked": True}, log, finish)
     if not is_complete(entry):
         log(f"{recipe.name}: encoding into {entry}")
         tables, notes, used = raw_splits(recipe, schema, files, cfg, split_seed)
         encoders, encoded = fit_encode(recipe, schema, tables, base_encoders)
         stats = {name: split_stats(encoders, tables[name], e) for name, e in encoded.items()}
         notes += hash_notes(encoders)
-        for name, st in stats.items():  # logged by describe(), kept in meta.json
-            if st.get("unknown_scenario"):
-                notes.append(f"{name}: {st['unknown_scenario']} rows of a scenario unseen in train, scored "
-                             f"with the fallback scenario {UNKNOWN_SCENARIO!r} (id 0)")
-        if any(st["nan_filled"].get(k) for st in stats.values() for k in st["nan_filled"]):
-            notes.append("NaN filled per split: " + ", ".join(
-                f"{n} {json.dumps({k: v for k, v in st['nan_filled'].items() if v})}" for n, st in stats.items()))
-        positives = {name: {t: round(float(v), 4) for t, v in zip(schema.task_names, e.labels.mean(0))}
-                     for name, e in encoded.items()}
-        for t in schema.tasks:
-            if t.type == "binary" and "val" in encoded and len(encoded["val"]) and \
-                    not (encoded["val"].labels[:, schema.task_names.index(t.name)] > 0).any():
-                msg = f"warning: task {t.name!r} has no positive in the validation split (its AUC there is undefined)"
-                log(msg)
-                notes.append(msg)
-        meta = {"dataset": recipe.name, "split": used,
-                "ratios": list(cfg.ratios), "split_seed": split_seed, "notes": notes,
+        label_means = {name: e.labels.mean(0) for name, e in encoded.items()}
+        meta = {"dataset": recipe.name, "split": used, "ratios": list(cfg.ratios), "split_seed": split_seed,
+                "notes": notes + data_notes(schema, stats, label_means, log),
                 "files": {k: str(p) for k, p in files.items()}, "schema": schema.model_dump(mode="json"),
-                "positives": positives, "stats": stats}
+                "positives": positive_rates(schema, label_means), "stats": stats}
         extra = {f"raw-{name}.parquet": (lambda p, t=t: pq.write_table(t, p)) for name, t in tables.items()}
         write_cache(entry, encoders, encoded, meta, extra)
     encoders, splits, meta = read_cache(entry)
@@ -318,7 +278,7 @@ def describe(prepared: PreparedData) -> str:
     m = prepared.meta
     lines = [f"{prepared.dataset}: {json.dumps(m['rows'])} rows ({m['split']} split, seed {m['split_seed']})"]
     lines += [f"  positive rate {k}: {v}" for k, v in m["positives"].items()]
-    lines += [f"  {_stats_line(k, v)}" for k, v in m.get("stats", {}).items()]
+    lines += [f"  {stats_line(k, v)}" for k, v in m.get("stats", {}).items()]
     lines += [f"  note: {n}" for n in m["notes"]]
     return "\n".join(lines)
 

@@ -50,7 +50,7 @@ T0 = 1_700_000_000  # first timestamp (unix seconds); one row per second after i
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _STREAMS = np.uint64(256)  # stream numbers per index (streams < 256)
-_DOMAINS = {"row": 1, "user": 2, "item": 3, "category": 4, "scenario": 5}
+_DOMAINS = {"row": 1, "user": 2, "item": 3, "category": 4, "scenario": 5, "split": 6}  # split: polyrec.data.chunked
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:

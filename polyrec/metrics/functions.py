@@ -11,57 +11,69 @@ import numpy as np
 EPS = 1e-7
 
 
+def _scores(scores: np.ndarray) -> np.ndarray:
+    """Float scores as they are (sorting float32 is exact; a float64 copy would only cost memory), others as float64."""
+    s = np.asarray(scores)
+    return s if s.dtype in (np.float32, np.float64) else s.astype(np.float64)
+
+
 def _midranks(sorted_scores: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
-    """1-based mid-ranks of already sorted scores; `starts` marks group starts (ranks restart there)."""
+    """1-based mid-ranks of already sorted scores; `starts` marks group starts (ranks restart there).
+
+    Per-row temporaries are kept few: whole-split metrics of a 2M-row validation split are a training run's peak
+    memory on the larger-than-memory path (benchmarks/scale.py)."""
     n = len(sorted_scores)
     new_value = np.empty(n, dtype=bool)
     new_value[:1] = True
-    new_value[1:] = sorted_scores[1:] != sorted_scores[:-1]
+    np.not_equal(sorted_scores[1:], sorted_scores[:-1], out=new_value[1:])
     if starts is not None:
         new_value |= starts
     first = np.flatnonzero(new_value)
-    counts = np.diff(np.append(first, n))
-    tie_group = np.cumsum(new_value) - 1
-    if starts is None:
-        group_start = np.zeros(n, dtype=np.int64)
-    else:
-        group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    mid = first + (counts + 1) / 2.0  # 1-based global mid-rank of each tie group
-    return mid[tie_group] - group_start
+    del new_value
+    counts = np.diff(first, append=n)
+    ranks = np.repeat(first + (counts + 1) / 2.0, counts)  # each tie group's 1-based global mid-rank, per row
+    if starts is not None:
+        group_first = np.flatnonzero(starts)
+        ranks -= np.repeat(group_first, np.diff(group_first, append=n))
+    return ranks
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC; NaN when only one class is present."""
-    y = np.asarray(labels, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    pos = int((y == 1).sum())
+    y = np.asarray(labels) == 1
+    s = _scores(scores)
+    pos = int(y.sum())
     neg = len(y) - pos
     if pos == 0 or neg == 0:
         return float("nan")
     order = np.argsort(s, kind="mergesort")
     ranks = _midranks(s[order])
-    return float((ranks[y[order] == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+    return float((ranks[y[order]].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
 def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
     """gAUC: per-group AUC weighted by group size, over groups that have both classes."""
-    y = np.asarray(labels, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels) == 1
+    s = _scores(scores)
     g = np.asarray(groups)
     if len(y) == 0:
         return float("nan")
     order = np.lexsort((s, g))
     y, s, g = y[order], s[order], g[order]
+    del order
     starts = np.empty(len(g), dtype=bool)
     starts[:1] = True
-    starts[1:] = g[1:] != g[:-1]
+    np.not_equal(g[1:], g[:-1], out=starts[1:])
+    del g
     ranks = _midranks(s, starts)
+    del s
     gid = np.cumsum(starts) - 1
     n_groups = int(gid[-1]) + 1
     size = np.bincount(gid, minlength=n_groups).astype(np.float64)
     pos = np.bincount(gid, weights=y, minlength=n_groups)
     neg = size - pos
-    pos_rank = np.bincount(gid, weights=ranks * y, minlength=n_groups)
+    ranks[~y] = 0.0
+    pos_rank = np.bincount(gid, weights=ranks, minlength=n_groups)
     valid = (pos > 0) & (neg > 0)
     if not valid.any():
         return float("nan")
@@ -71,10 +83,15 @@ def grouped_auc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> f
 
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
     y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
     if len(y) == 0:
         return float("nan")
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
+    ll = np.log(p)
+    ll *= y
+    np.log1p(-p, out=p)
+    p *= 1 - y
+    ll += p
+    return float(-np.mean(ll))
 
 
 def regression_metrics(targets: np.ndarray, preds: np.ndarray) -> dict[str, float]:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from polyrec.data.encoders import (EncodedSplit, Encoders, HashedVocabulary, Vocabulary, _token_lists, as_strings,
+from polyrec.data.encoders import (EncodedSplit, Encoders, HashedVocabulary, Vocabulary, token_lists, as_strings,
                                    require_columns)
 
 _M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -172,7 +172,7 @@ class RequestEncoder:
         parts = [_canonical(table[src]) for src, _ in self.cat]
         if self.scenario:
             parts.append(_canonical(table[self.scenario[0]]))
-        lists = [_token_lists(table[f.source], f.sep) for f, _ in self.seqs]
+        lists = [token_lists(table[f.source], f.sep) for f, _ in self.seqs]
         flats = [pc.list_flatten(x) for x in lists]
         parts += [_canonical(x) for x in flats]
         cols = self.lookup_columns(parts)

@@ -15,8 +15,8 @@ from typing import Any
 
 from polyrec.balance import balancer_for_heads
 from polyrec.config import RunConfig
-from polyrec.data.batching import TensorTable
-from polyrec.data.encoders import Encoders, HashedVocabulary
+from polyrec.data.batching import BlockTable, TensorTable
+from polyrec.data.encoders import EncodedSplit, Encoders, HashedVocabulary
 from polyrec.errors import PolyrecError
 from polyrec.layers.sequence import resolve_sequence_encoders
 from polyrec.models import build_model
@@ -51,6 +51,8 @@ class CTRKind(RunKind):
         data = prepare(cfg.data, seed=cfg.train.seed, download=download, log=log, base_encoders=base)
         log(describe(data))
         kept = {k: v for k, v in data.splits.items() if evaluate_test or k != "test"}
+        if data.meta.get("chunked"):  # larger than memory: batches read from the memory maps
+            return data, {k: chunked_table(v, cfg) for k, v in kept.items()}
         nbytes = sum(a.nbytes for v in kept.values()
                      for a in (v.categorical, v.numeric, v.scenario, v.labels, *v.sequences.values()))
         storage, pin = split_storage(cfg.train.device, cfg.train.split_on_device, nbytes)
@@ -118,8 +120,13 @@ class CTRKind(RunKind):
         if data.encoders.to_dict() != run.encoders.to_dict():
             raise PolyrecError("The dataset now encodes differently from when this run was trained "
                                "(source files or schema changed); evaluate would be meaningless.")
-        table = TensorTable(data.splits[split])
+        table = (chunked_table(data.splits[split], run.config) if data.meta.get("chunked")
+                 else TensorTable(data.splits[split]))
         return evaluate_table(run.model, table, run.config.train.eval_batch_size, run.spec.scenario_names)
+
+
+def chunked_table(split: EncodedSplit, cfg: RunConfig) -> BlockTable:
+    return BlockTable(split, cfg.data.block_rows, cfg.data.shuffle_window_rows, deliver_to=cfg.train.device)
 
 
 def model_for(cfg: RunConfig, prepared: PreparedData) -> MultiTaskModel:

@@ -19,7 +19,7 @@ import torch
 
 from polyrec.balance import Balancer
 from polyrec.config import TrainConfig
-from polyrec.data.batching import Batch, TensorTable
+from polyrec.data.batching import Batch, SplitTable
 from polyrec.errors import PolyrecError
 from polyrec.metrics.report import evaluate, flatten
 from polyrec.data.spec import Head
@@ -29,7 +29,7 @@ from polyrec.train.device import autocast
 from polyrec.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from polyrec.train.losses import HeadLosses
 from polyrec.train.monitor import Monitor
-from polyrec.train.optim import build_optimizer
+from polyrec.train.optim import build_optimizer, embedding_modules
 from polyrec.utils.io import atomic_write_text
 
 OOV_ID = 1  # every vocabulary reserves 0 for padding and 1 for out-of-vocabulary (polyrec.data.encoders)
@@ -40,7 +40,7 @@ STEP_LOG = "steps.jsonl"
 
 
 @torch.inference_mode()
-def predict_scores(model: MultiTaskModel, table: TensorTable, batch_size: int, precision: str = "fp32") -> np.ndarray:
+def predict_scores(model: MultiTaskModel, table: SplitTable, batch_size: int, precision: str = "fp32") -> np.ndarray:
     """Scores [N, H] for every head: probabilities for binary heads, values for regression heads.
 
     In a multi-process run each process scores its contiguous share and every process gets all N rows.
@@ -60,11 +60,11 @@ def predict_scores(model: MultiTaskModel, table: TensorTable, batch_size: int, p
     return distributed.gather_rows(out, len(table), world)
 
 
-def evaluate_table(model: MultiTaskModel, table: TensorTable, batch_size: int,
+def evaluate_table(model: MultiTaskModel, table: SplitTable, batch_size: int,
                    scenario_names: list[str], precision: str = "fp32") -> dict[str, Any]:
     scores = predict_scores(model, table, batch_size, precision)
-    return evaluate(scores, table.labels.cpu().numpy(), model.heads, model.spec.task_names,
-                    table.scenario.cpu().numpy(), scenario_names, table.user, table.cold)
+    return evaluate(scores, table.label_array(), model.heads, model.spec.task_names,
+                    table.scenario_array(), scenario_names, table.user, table.cold)
 
 
 def oov_dropout(batch: Batch, rate: float, generator: torch.Generator, columns: torch.Tensor | None = None) -> Batch:
@@ -104,7 +104,7 @@ class Trainable(Protocol):
 Evaluator = Callable[[], dict[str, float]]  # flat validation metrics of the model as it is now (the monitor reads them)
 
 
-def table_evaluator(model: MultiTaskModel, val: TensorTable, batch_size: int, scenario_names: list[str],
+def table_evaluator(model: MultiTaskModel, val: SplitTable, batch_size: int, scenario_names: list[str],
                     precision: str = "fp32") -> Evaluator:
     """Validation of a CTR-style model: AUC/LogLoss per head, scenario and cell on `val`."""
     return lambda: flatten(evaluate_table(model, val, batch_size, scenario_names, precision))
@@ -133,15 +133,23 @@ class Trainer:
         self.world = distributed.current()
         self.writes = self.run_dir is not None and self.world.is_main  # process 0 alone writes the run folder
         self.log = log if self.world.is_main else (lambda s: None)
-        self.forward = model
+        self.forward, self.sparse_tables = model, []
+        # (first: it decides which embedding tables get sparse gradients, which DDP must know when it is built)
+        self.optimizer = build_optimizer(model, cfg, balancer.parameters())
         if self.world.active:  # gradients averaged over processes in backward (polyrec.train.distributed)
             distributed.check_balancer(balancer)
             from torch.nn.parallel import DistributedDataParallel
 
+            # sparse embedding tables are averaged by distributed.average_sparse_gradients, not by DDP
+            self.sparse_tables = [m.weight for m in embedding_modules(model) if m.sparse and m.weight.requires_grad]
+            ignored = {id(w) for w in self.sparse_tables}
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, [n for n, q in model.named_parameters() if id(q) in ignored])
             # find_unused_parameters: some models leave parameters out of a step (a scenario's tower, a gate)
             self.forward = DistributedDataParallel(model, find_unused_parameters=True)
-        self.losses = HeadLosses(model.heads, model.task_names, per_scenario=cfg.loss_reduction == "scenario_task")
-        self.optimizer = build_optimizer(model, cfg, balancer.parameters())
+        self.losses = HeadLosses(model.heads, model.task_names, per_scenario=cfg.loss_reduction == "scenario_task",
+                                 mean_count=distributed.mean_over_processes if self.world.active else None,
+                                 n_scenarios=len(model.spec.scenario_names) if self.world.active else None)
         self.shared = SharedParameters(model.shared_parameters(), model.last_shared_layer())
         self.monitor = Monitor(cfg.monitor, cfg.monitor_mode)
         self._monitor_checked = False
@@ -187,6 +195,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.backward(losses, model.extra_loss(logits, labels), self.shared)
             distributed.average_gradients(self.balancer.parameters())
+            distributed.average_sparse_gradients(self.sparse_tables)
             self.optimizer.step()
             detached = losses.detach()
             epoch_sum += detached
