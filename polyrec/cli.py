@@ -317,6 +317,13 @@ def data_check(
         table.add_row(c["column"], c["role"], c["type"], str(c["nulls"]), str(c["distinct"]),
                       *(f"{100 * c[k]:.1f}%" if k in c else "" for k in ("val_oov", "test_oov")))
     console.print(table)
+    if report["histories"]:
+        hist = Table("sequence", "split", "max_len", "mean length", "empty", "OOV tokens", title="histories",
+                     title_justify="left")
+        for h in report["histories"]:
+            hist.add_row(h["sequence"], h["split"], str(h["max_len"]), f"{h['mean_length']:.2f}",
+                         f"{100 * h['empty']:.1f}%", f"{100 * h['oov']:.1f}%")
+        console.print(hist)
     tasks = [c["column"] for c in report["columns"] if c["role"].startswith("task")]
     rates = Table("split", "scenario", "rows", *tasks, title="label rate per scenario", title_justify="left")
     for split, per in report["label_rates"].items():

@@ -138,3 +138,37 @@ def test_histories_from_the_training_log_at_prediction_time():
         assert hist == [item[j] for j in earlier[:MAX_LEN]]
     with pytest.raises(PolyrecError, match="lacks the history column"):
         histories_from_log(queries.drop_columns(["ts"]), log, schema(), "The prediction input")
+
+
+def test_data_check_reports_each_history(tmp_path, monkeypatch):
+    """`polyrec data check` lists every history sequence per split; its lengths are the raw histories' lengths."""
+    import pyarrow.parquet as pq
+    import yaml
+    from typer.testing import CliRunner
+
+    from polyrec.cli import app
+    from polyrec.config import load_config
+    from polyrec.data.check import check_data
+    from polyrec.data.prepare import build_tables, raw_splits
+
+    path, sch = tmp_path / "log.parquet", tmp_path / "schema.yaml"
+    pq.write_table(event_log(600, seed=2), path)
+    sch.write_text(yaml.safe_dump(schema(fields=["category"]).model_dump(mode="json")))
+    monkeypatch.setenv("POLYREC_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, [f"data.files.path={path}", f"data.schema_file={sch}"])
+    report = check_data(cfg.data, seed=0, log=lambda m: None)
+    recipe, s, files, _ = build_tables(cfg.data, 0, download=False, log=lambda m: None)
+    tables, _, _ = raw_splits(recipe, s, files, cfg.data, 0)
+    rows = {(h["sequence"], h["split"]): h for h in report["histories"]}
+    assert {k[0] for k in rows} == {"hist", "hist__category"}
+    for split, t in tables.items():
+        lengths = np.array([len(x) for x in t["hist"].to_pylist()])
+        got = rows[("hist", split)]
+        assert got["max_len"] == MAX_LEN
+        assert got["mean_length"] == pytest.approx(np.minimum(lengths, MAX_LEN).mean())
+        assert got["empty"] == pytest.approx((lengths == 0).mean())
+        assert 0 <= got["oov"] <= 1
+    assert rows[("hist", "train")]["mean_length"] > 1  # not trivially empty
+    out = CliRunner().invoke(app, ["data", "check", "--data", str(path), "--schema", str(sch)])
+    assert out.exit_code == 0, out.output
+    assert "histories" in out.output and "hist__category" in out.output

@@ -13,11 +13,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 
+from polyrec.data.encoders import EncodedSplit, Encoders
 from polyrec.data.prepare import build_tables, fit_encode, raw_splits
+from polyrec.data.schema import Schema
 from polyrec.data.stats import split_stats
 
 if TYPE_CHECKING:
     from polyrec.config import DataConfig
+
+
+def history_report(schema: Schema, encoders: Encoders, encoded: dict[str, EncodedSplit]) -> list[dict[str, Any]]:
+    """Per history sequence (and side field) and split: mean length, rows with an empty history, and the share
+    of its tokens the training vocabulary does not know (a history of val/test rows reaches into later events)."""
+    added = {c for h in schema.history for c in h.columns()}
+    out = []
+    for f in schema.sequences:
+        if f.source not in added:
+            continue
+        oov = encoders.sequences[f.name].vocab.oov_id
+        for split, e in encoded.items():
+            ids = e.sequences[f.name]
+            filled = ids != 0
+            lengths = filled.sum(1)
+            out.append({"sequence": f.name, "split": split, "max_len": int(ids.shape[1]),
+                        "mean_length": float(lengths.mean()) if len(ids) else float("nan"),
+                        "empty": float((lengths == 0).mean()) if len(ids) else float("nan"),
+                        "oov": float((ids == oov).sum() / max(int(filled.sum()), 1))})
+    return out
 
 
 def check_data(cfg: DataConfig, seed: int = 42, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -56,8 +78,9 @@ def check_data(cfg: DataConfig, seed: int = 42, log: Callable[[str], None] = pri
                              **{t: round(float(e.labels[mask, i].mean()), 4) for i, t in enumerate(schema.task_names)}}
         label_rates[split] = per
     stats = {k: split_stats(encoders, tables[k], e) for k, e in encoded.items()}
+    histories = history_report(schema, encoders, encoded)
     warnings = [f"task {t.name!r} has no positive in the validation split"
                 for i, t in enumerate(schema.tasks)
                 if t.type == "binary" and "val" in encoded and not (encoded["val"].labels[:, i] > 0).any()]
     return {"source": recipe.name, "split": used, "rows": {k: t.num_rows for k, t in tables.items()},
-            "columns": columns, "label_rates": label_rates, "stats": stats, "notes": notes, "warnings": warnings}
+            "columns": columns, "histories": histories, "label_rates": label_rates, "stats": stats, "notes": notes, "warnings": warnings}
