@@ -204,8 +204,8 @@ def test_chunked_training_end_to_end(shards, tmp_path):
 @pytest.mark.parametrize("path", ["data.chunk_rows=500", "data.block_rows=4096"])  # chunked, and the whole path
 def test_training_under_torchrun_takes_the_one_process_steps(path, shards, tmp_path):
     """Two processes take the one-process run's global batches (on the chunked path: from the one memory-mapped
-    cache entry, block-shuffled), and each head's loss is divided by the global batch's row count, so with
-    train.oov_dropout=0 the metrics are the one-process run's up to float summation order. Batch 100 leaves last
+    cache entry, block-shuffled), each head's loss is divided by the global batch's row count, and OOV-dropout masks
+    are drawn for the global batch, so the metrics are the one-process run's up to float summation order. Batch 100 leaves last
     batches of 93 (whole) and 8 (chunked) training rows: uneven shares, which a per-process mean would weigh
     wrongly. SGD, because Adam turns float-order noise in gradients that are ~0 into steps of up to lr on a few
     weights (4e-4 after one epoch at batch 128 here), which would hide what this test is about."""
@@ -214,7 +214,7 @@ def test_training_under_torchrun_takes_the_one_process_steps(path, shards, tmp_p
 
     folder, schema = shards
     common = ["train", "--data", str(folder), "--schema", str(schema), "--set", path,
-              "--set", "data.shuffle_window_rows=600", "--set", "train.batch_size=100", "--set", "train.oov_dropout=0",
+              "--set", "data.shuffle_window_rows=600", "--set", "train.batch_size=100",
               "--set", "train.optimizer=sgd", "--set", "train.lr=0.05",
               "--set", "train.threads=1", "--set", "train.progress=false", "--epochs", "2"]
     runs = {}
@@ -228,5 +228,7 @@ def test_training_under_torchrun_takes_the_one_process_steps(path, shards, tmp_p
     assert runs[2]["processes"] == 2
     for split in ("val", "test"):
         for head, m in runs[1][split]["heads"].items():
-            assert abs(runs[2][split]["heads"][head]["auc"] - m["auc"]) < 1e-6, (split, head)
+            # AUC to a few tied pairs: scores equal in one run can differ by 1e-9 in the other, and one flipped
+            # pair of 300 test rows moves AUC by ~2e-5 (LogLoss, which has no ties, agrees to 1e-9 here)
+            assert abs(runs[2][split]["heads"][head]["auc"] - m["auc"]) < 1e-4, (split, head)
             assert abs(runs[2][split]["heads"][head]["logloss"] - m["logloss"]) < 1e-6, (split, head)

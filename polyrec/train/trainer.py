@@ -67,13 +67,22 @@ def evaluate_table(model: MultiTaskModel, table: SplitTable, batch_size: int,
                     table.scenario_array(), scenario_names, table.user, table.cold)
 
 
-def oov_dropout(batch: Batch, rate: float, generator: torch.Generator, columns: torch.Tensor | None = None) -> Batch:
+def oov_dropout(batch: Batch, rate: float, generator: torch.Generator, columns: torch.Tensor | None = None,
+                share: tuple[int, int] | None = None, global_rows: int | None = None) -> Batch:
     """Training rows with each categorical id replaced by its field's OOV id with probability `rate`, so the OOV
     rows learn what an unseen id should score (otherwise they keep their random initialisation: min_freq 1
     leaves them untrained). `columns` [F] bool: the fields it applies to (not the scenario-as-feature column,
-    whose id 0 is the unknown scenario). Padding stays padding; numeric and sequence inputs are untouched."""
+    whose id 0 is the unknown scenario). Padding stays padding; numeric and sequence inputs are untouched.
+
+    `share=(k, K)` with `global_rows` (train.batch_size): the batch is rows k, k+K, ... of a global batch. The
+    mask is drawn for the whole global batch (the same draw on every process) and this share's rows are taken,
+    so K processes mask exactly the rows one process would. (Drawing `global_rows` rows and keeping the first
+    ones is the same as drawing only those, so one process's masks are unchanged.)"""
     ids = batch.categorical
-    hit = (torch.rand(ids.shape, generator=generator) < rate).to(ids.device) & (ids > 0)
+    k, size = share if share is not None else (0, 1)
+    rows = max(global_rows or 0, len(ids) * size)
+    draw = torch.rand((rows, ids.shape[1]), generator=generator)[k::size][:len(ids)]
+    hit = (draw < rate).to(ids.device) & (ids > 0)
     if columns is not None:
         hit &= columns.to(ids.device)
     return Batch(torch.where(hit, torch.full_like(ids, OOV_ID), ids), batch.numeric, batch.sequences, batch.scenario)
@@ -187,7 +196,8 @@ class Trainer:
         share = {"share": (self.world.rank, self.world.size)} if self.world.active else {}
         for batch, labels in table.batches(cfg.batch_size, shuffle=True, generator=gen, **share):
             if oov_gen is not None and isinstance(batch, Batch):
-                batch = oov_dropout(batch, cfg.oov_dropout, oov_gen, self.oov_columns)
+                batch = oov_dropout(batch, cfg.oov_dropout, oov_gen, self.oov_columns, share.get("share"),
+                                    cfg.batch_size)
             with autocast(labels.device, cfg.precision):
                 logits = self.forward(batch)
             logits = logits.float()  # losses in float32 whatever the forward's precision
