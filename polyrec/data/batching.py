@@ -107,22 +107,6 @@ class TensorTable:
         return (self.n + batch_size - 1) // batch_size
 
 
-def _rows(data: EncodedSplit, idx: np.ndarray | slice) -> EncodedSplit:
-    """The rows `idx` of a split, in memory (a read when the columns are memory maps)."""
-    pick = lambda a: np.asarray(a[idx])  # noqa: E731
-    return EncodedSplit(pick(data.categorical), pick(data.numeric), {k: pick(v) for k, v in data.sequences.items()},
-                        pick(data.scenario), pick(data.labels), None if data.user is None else pick(data.user),
-                        {k: pick(v) for k, v in data.cold.items()})
-
-
-def _concat(a: EncodedSplit, b: EncodedSplit) -> EncodedSplit:
-    cat = lambda x, y: np.concatenate([x, y])  # noqa: E731
-    return EncodedSplit(cat(a.categorical, b.categorical), cat(a.numeric, b.numeric),
-                        {k: cat(v, b.sequences[k]) for k, v in a.sequences.items()}, cat(a.scenario, b.scenario),
-                        cat(a.labels, b.labels), None if a.user is None else cat(a.user, b.user),
-                        {k: cat(v, b.cold[k]) for k, v in a.cold.items()})
-
-
 class BlockTable:
     """One split read from its memory-mapped columns (a chunked cache entry): memory holds one shuffle window.
 
@@ -147,7 +131,7 @@ class BlockTable:
         return TensorTable(rows, "cpu", deliver_to=self.deliver_to, pin=self.pin)
 
     def take(self, idx: slice) -> tuple[Batch, torch.Tensor]:
-        return self._table(_rows(self.data, idx)).take(slice(None))
+        return self._table(self.data.rows(idx)).take(slice(None))
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -168,13 +152,13 @@ class BlockTable:
             starts = blocks * self.block
             lengths = np.minimum(starts + self.block, self.n) - starts
             idx = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())
-            rows = _rows(self.data, idx)
-            rows = rows if carry is None else _concat(carry, rows)
+            rows = self.data.rows(idx)
+            rows = rows if carry is None else carry.concat(rows)
             perm = torch.randperm(len(rows), generator=generator)
             last = first + per_window >= n_blocks
             full = len(rows) if last else len(rows) // batch_size * batch_size
             yield from self._table(rows).batches_in(perm[:full], batch_size, share)
-            carry = None if last else _rows(rows, perm[full:].numpy())
+            carry = None if last else rows.rows(perm[full:].numpy())
 
     def num_batches(self, batch_size: int) -> int:
         return (self.n + batch_size - 1) // batch_size

@@ -35,7 +35,7 @@ from polyrec.data.schema import Schema
 from polyrec.data.sources import _cast_ids, check_columns, detect_format, expand, join_side, read_join
 from polyrec.data.split import _check
 from polyrec.data.stats import split_stats
-from polyrec.data.streaming_fit import StreamingFit
+from polyrec.data.streaming_fit import StreamingFit, check_streamable
 from polyrec.data.synth import Streams
 from polyrec.errors import PolyrecError
 from polyrec.utils.io import atomic_directory
@@ -55,15 +55,11 @@ def check_chunked(cfg: DataConfig, schema: Schema, method: str, warm_start: bool
     if method not in ("random", "official"):
         raise PolyrecError(f"data.split={method} needs the whole log at once (rows ordered per user or time); with "
                            "data.chunk_rows use data.split=random or give official --val/--test files.")
-    for what, present in (("aggregate", schema.aggregate is not None), ("history", bool(schema.history)),
-                          ("vector features", bool(schema.vectors))):
+    for what, present in (("aggregate", schema.aggregate is not None), ("history", bool(schema.history))):
         if present:
             raise PolyrecError(f"The schema's {what} needs the whole log at once; data.chunk_rows cannot apply it "
                                "(drop it from the schema, or leave data.chunk_rows unset).")
-    for f in schema.numeric:
-        if f.fill == "median":
-            raise PolyrecError(f"numeric feature {f.name!r}: fill: median needs the whole column at once; with "
-                               "data.chunk_rows use fill: mean or fill: zero.")
+    check_streamable(schema)
     if warm_start:
         raise PolyrecError("train.init_from (a warm start) grows encoders on a whole training split; it cannot be "
                            "combined with data.chunk_rows yet.")
@@ -211,9 +207,7 @@ def build_chunked(entry: Path, reader: ChunkReader, meta: dict[str, Any], log: C
                 if name not in stats:
                     continue
                 mask = codes == k
-                part = EncodedSplit(**{key: (v[mask] if isinstance(v, np.ndarray) else
-                                              {s: a[mask] for s, a in v.items()} if isinstance(v, dict) else v)
-                                       for key, v in vars(enc_all).items()})
+                part = enc_all.rows(mask)
                 if name not in writers:
                     writers[name] = SplitWriter(tmp / name, tmp / f"raw-{name}.parquet", int(rows[k]), part)
                 if not mask.any():

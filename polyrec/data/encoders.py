@@ -346,6 +346,14 @@ class EncodedSplit:
         cols.update({f"cold.{k}": v for k, v in self.cold.items()})
         return cols
 
+    def rows(self, idx: np.ndarray | slice) -> "EncodedSplit":
+        """The rows `idx` (indices, a boolean mask or a slice), in memory (a read when the columns are memory maps)."""
+        return EncodedSplit.from_columns({k: np.asarray(v[idx]) for k, v in self.columns().items()})
+
+    def concat(self, other: "EncodedSplit") -> "EncodedSplit":
+        theirs = other.columns()
+        return EncodedSplit.from_columns({k: np.concatenate([v, theirs[k]]) for k, v in self.columns().items()})
+
     @classmethod
     def from_columns(cls, cols: dict[str, np.ndarray]) -> "EncodedSplit":
         return cls(

@@ -25,6 +25,18 @@ from polyrec.data.schema import NumericFeature, Schema
 from polyrec.errors import PolyrecError
 
 
+def check_streamable(schema: Schema) -> None:
+    """What has no exact chunk-by-chunk fit, as one line each (polyrec.data.chunked asks before reading any data)."""
+    if schema.vectors:
+        raise PolyrecError(f"The schema's vector features {[f.name for f in schema.vectors]} need the whole log at "
+                           "once; data.chunk_rows cannot apply them (drop them from the schema, or leave "
+                           "data.chunk_rows unset).")
+    for f in schema.numeric:
+        if f.fill == "median":
+            raise PolyrecError(f"numeric feature {f.name!r}: fill: median needs the whole column at once; with "
+                               "data.chunk_rows use fill: mean or fill: zero.")
+
+
 class CountSum:
     """Running value counts of a column's canonical strings."""
 
@@ -86,9 +98,6 @@ class NumericMoments:
     """The streaming state of one NumericScaler."""
 
     def __init__(self, spec: NumericFeature) -> None:
-        if spec.fill == "median":
-            raise PolyrecError(f"numeric feature {spec.name!r}: fill: median needs the whole column at once; with "
-                               "data.chunk_rows use fill: mean or fill: zero.")
         self.spec = spec
         self.log = spec.scale == "log_standard"
         self.missing = 0
@@ -128,9 +137,7 @@ class StreamingFit:
     """Encoders.fit over chunks: `add(train_chunk)` for each chunk of the training split, then `encoders()`."""
 
     def __init__(self, schema: Schema) -> None:
-        if schema.vectors:
-            raise PolyrecError("data.chunk_rows does not encode vector features yet (their fit needs the whole "
-                               f"column): drop {[f.name for f in schema.vectors]} or leave chunk_rows unset.")
+        check_streamable(schema)
         self.schema = schema
         self.counts = {f.name: CountSum() for f in schema.categorical if f.hash_buckets is None}
         self.hashes = {f.name: HashUnion() for f in schema.categorical if f.hash_buckets is not None}
